@@ -1,0 +1,61 @@
+"""Identifiers: typed ids and the one validator for every id that becomes part of an etcd key.
+
+Ids end up inside keys (``…/registry/<modelId>``), gRPC metadata and file names, so they are checked at
+every entry point: non-empty, bounded length, no ``/``, no control characters, no leading/trailing space,
+and not ``.``/``..`` (which would be path components on the runtime side).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from typing import NewType
+
+from mesh.errors import InvalidRequest
+
+ModelId = NewType("ModelId", str)
+VModelId = NewType("VModelId", str)
+InstanceId = NewType("InstanceId", str)
+
+MAX_ID_LENGTH = 256
+
+
+def check_id(value: str, *, what: str = "model id") -> str:
+    """Return ``value`` if it is a valid id, else raise InvalidRequest naming the problem."""
+    if not isinstance(value, str) or value == "":
+        raise InvalidRequest(f"{what} must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidRequest(f"{what} is too long ({len(value)} > {MAX_ID_LENGTH} characters)")
+    if "/" in value:
+        raise InvalidRequest(f"{what} '{_printable(value)}' must not contain '/'")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise InvalidRequest(f"{what} '{_printable(value)}' must not contain control characters")
+    if value != value.strip():
+        raise InvalidRequest(f"{what} '{value}' must not start or end with whitespace")
+    if value in (".", ".."):
+        raise InvalidRequest(f"{what} must not be '.' or '..'")
+    return value
+
+
+def model_id(value: str) -> ModelId:
+    return ModelId(check_id(value, what="model id"))
+
+
+def vmodel_id(value: str) -> VModelId:
+    return VModelId(check_id(value, what="vmodel id"))
+
+
+def instance_id(value: str) -> InstanceId:
+    return InstanceId(check_id(value, what="instance id"))
+
+
+def default_instance_id() -> InstanceId:
+    """ModelMesh uses the last 12 characters of the pod name; we use HOSTNAME when set, plus a suffix
+    that keeps two processes on one host (``mesh up``) apart."""
+    host = os.environ.get("HOSTNAME") or socket.gethostname() or "pod"
+    return InstanceId(f"{host[-12:]}-{uuid.uuid4().hex[:6]}")
+
+
+def _printable(value: str) -> str:
+    return value.encode("unicode_escape").decode("ascii")[:80]

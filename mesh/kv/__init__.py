@@ -1,0 +1,1 @@
+"""The only package that talks to etcd. Nothing under mesh/dataplane imports it."""
