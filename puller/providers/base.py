@@ -1,0 +1,165 @@
+"""What every storage provider shares: the plan/fetch protocol, streaming to disk with checks, retries.
+
+Owns the download mechanics that must not differ between S3, MinIO and HTTP:
+
+- ``Provider``: ``plan(source)`` lists what to fetch (relative path, size, checksum) and ``fetch(source,
+  obj, dest, limits)`` streams one object to ``dest``. Both block; the puller runs them in its named
+  ``puller-io`` executor. Providers hold one client per storage entry (keyed by the entry's fingerprint).
+- ``stream_to_file``: writes chunks as they arrive (memory bounded by the chunk size), enforces the size
+  limit on a running count, grows the disk reservation for unknown sizes, and checks the result: fewer
+  bytes than announced → TruncatedDownload, more or a different MD5 → VerificationFailed.
+- ``with_retries``: one retry policy. Only ``Transient`` (raised by providers for 5xx, throttling,
+  connection and read errors), TruncatedDownload and VerificationFailed are retried, with exponential
+  backoff and full jitter; everything else fails at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol, TypeVar
+
+from puller.errors import (
+    ObjectTooLarge,
+    PathEscapesRoot,
+    StorageUnavailable,
+    TruncatedDownload,
+    VerificationFailed,
+)
+
+log = logging.getLogger("puller.providers")
+T = TypeVar("T")
+
+
+class Transient(Exception):
+    """A failure worth retrying; ``cause`` is a secret-free description."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
+@dataclass(frozen=True)
+class ObjectPlan:
+    remote: str  # object key or URL
+    rel: str  # relative file path under the model dir
+    size: int | None  # None = unknown until the response arrives
+    md5: str | None = None  # hex MD5 to verify (single-part S3 ETag), if known
+
+
+@dataclass(frozen=True)
+class FetchPlan:
+    objects: tuple[ObjectPlan, ...]
+    single: bool  # True: the artifact is one file (artifact path = that file)
+
+    @property
+    def known_bytes(self) -> int:
+        return sum(o.size or 0 for o in self.objects)
+
+
+class Aborted(Exception):
+    """The pull was abandoned (another file failed, or the puller is closing); stop writing."""
+
+
+@dataclass
+class Limits:
+    max_object_bytes: int
+    chunk_bytes: int
+    reservation: Any  # budget.Reservation (grow/release)
+    abort: threading.Event = field(default_factory=threading.Event)
+
+    def check(self) -> None:
+        if self.abort.is_set():
+            raise Aborted()
+
+
+class Provider(Protocol):
+    def plan(self, source: Any) -> FetchPlan: ...
+
+    def fetch(self, source: Any, obj: ObjectPlan, dest: Path, limits: Limits) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def safe_rel(rel: str, *, remote: str) -> str:
+    """A relative file path that cannot leave the model dir (object keys may contain ``..``)."""
+    parts = [p for p in PurePosixPath(rel).parts if p not in ("", ".")]
+    if not parts or parts[0] == "/" or ".." in parts or any("\0" in p for p in parts):
+        raise PathEscapesRoot(path=remote, root="the model directory")
+    return "/".join(parts)
+
+
+def check_size(path: str, size: int | None, limit: int) -> None:
+    if limit and size is not None and size > limit:
+        raise ObjectTooLarge(path=path, size=size, limit=limit)
+
+
+def stream_to_file(
+    chunks: Iterable[bytes], dest: Path, *, obj: ObjectPlan, expected: int | None, limits: Limits
+) -> int:
+    """Write ``chunks`` to ``dest`` with the checks in the module docstring; returns the bytes written."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    md5 = hashlib.md5(usedforsecurity=False) if obj.md5 else None
+    written = 0
+    grown = 0
+    with open(dest, "wb") as f:
+        for chunk in chunks:
+            limits.check()
+            if not chunk:
+                continue
+            written += len(chunk)
+            if limits.max_object_bytes and written > limits.max_object_bytes:
+                raise ObjectTooLarge(path=obj.remote, size=written, limit=limits.max_object_bytes)
+            if expected is not None and written > expected:
+                raise VerificationFailed(
+                    path=obj.remote, reason=f"received more than the announced {expected} bytes"
+                )
+            if obj.size is None and written > grown:
+                step = max(len(chunk), limits.chunk_bytes * 8)
+                limits.reservation.grow(step)
+                grown += step
+            if md5 is not None:
+                md5.update(chunk)
+            f.write(chunk)
+    if expected is not None and written < expected:
+        raise TruncatedDownload(path=obj.remote, expected=expected, received=written)
+    if md5 is not None and md5.hexdigest() != obj.md5:
+        raise VerificationFailed(
+            path=obj.remote, reason="MD5 of the downloaded bytes does not match the ETag"
+        )
+    return written
+
+
+def with_retries(
+    fn: Callable[[], T],
+    *,
+    where: str,
+    attempts: int,
+    backoff_s: float,
+    backoff_max_s: float,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
+) -> T:
+    """Call ``fn`` until it succeeds, retrying only the retryable failures (see module docstring)."""
+    rng = rng or random.Random()
+    attempts = max(1, attempts)
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except (Transient, TruncatedDownload, VerificationFailed) as exc:
+            if attempt == attempts:
+                if isinstance(exc, Transient):
+                    raise StorageUnavailable(where=where, cause=exc.cause, attempts=attempt) from exc
+                raise
+            delay = rng.uniform(0, min(backoff_max_s, backoff_s * 2 ** (attempt - 1)))
+            log.warning(
+                "%s: attempt %d/%d failed (%s); retrying in %.2fs", where, attempt, attempts, exc, delay
+            )
+            sleep(delay)
+    raise AssertionError("unreachable")
