@@ -1,0 +1,186 @@
+"""``python -m mesh.demo`` (``make demo``): the whole mesh end to end on one machine, checked.
+
+Owns the demo script only. It makes sure sample models exist (``runtime_adapters.builtin.samples``), starts a
+2-pod ``LocalCluster`` with a runtime capacity small enough that the samples do not all fit on one pod (so
+the cache must evict) yet large enough for any single model, registers every sample from the manifest (the
+first one with ``loadNow``), sends each model an inference through the pods in turn, checks every
+prediction against the manifest's expected value, prints a table and the cluster status, and shuts
+everything down. Exit status 1 if any inference failed or was wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mesh.cli import format_cluster_status, format_table, human_bytes
+from mesh.client import MeshClient, MeshClientError
+from mesh.devcluster import REPO_ROOT, LocalCluster, pick_base_port
+
+DEFAULT_MODELS_DIR = REPO_ROOT / "var" / "models"
+
+
+def ensure_samples(models_dir: Path, *, many: int = 0) -> dict[str, Any]:
+    """Generate the sample models into ``models_dir`` unless its manifest exists; return the manifest."""
+    manifest = models_dir / "manifest.json"
+    if not manifest.is_file():
+        print(f"generating sample models into {models_dir} …", flush=True)
+        cmd = [sys.executable, "-m", "runtime_adapters.builtin.samples", "--out", str(models_dir)]
+        if many:
+            cmd += ["--many", str(many)]
+        subprocess.run(cmd, check=True, cwd=str(REPO_ROOT))
+    data = json.loads(manifest.read_text())
+    return data if isinstance(data, dict) else {"models": data}
+
+
+def sample_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Normalise manifest entries to id/type/path/input_name/datatype/row/expected."""
+    out = []
+    for m in manifest.get("models", []):
+        row = m.get("sample_input", m.get("input_row", m.get("sample")))
+        out.append(
+            {
+                "id": m.get("id") or m["model_id"],
+                "type": m.get("type") or m["model_type"],
+                "path": m["path"],
+                "input_name": m.get("input_name", "input-0"),
+                "datatype": m.get("datatype", m.get("input_datatype", "FP32")),
+                "row": row,
+                "expected": m.get("expected", m.get("expected_prediction")),
+                "output_name": m.get("output_name"),
+            }
+        )
+    return out
+
+
+def model_size_bytes(models_dir: Path, rel: str) -> int:
+    p = models_dir / rel
+    if p.is_dir():
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return p.stat().st_size if p.exists() else 0
+
+
+def prediction_matches(pred: np.ndarray, expected: Any) -> bool:
+    got = np.asarray(pred).reshape(-1)
+    want = np.asarray(expected).reshape(-1)
+    if got.shape != want.shape:
+        return False
+    if got.dtype.kind in "fiub" and want.dtype.kind in "fiub":
+        return bool(np.allclose(got.astype(float), want.astype(float), rtol=1e-4, atol=1e-5))
+    return [_norm(x) for x in got.tolist()] == [_norm(x) for x in want.tolist()]
+
+
+def _norm(x: Any) -> Any:
+    return x.decode() if isinstance(x, bytes) else x
+
+
+def pick_output(outputs: dict[str, np.ndarray], name: str | None) -> np.ndarray:
+    if name and name in outputs:
+        return outputs[name]
+    return next(iter(outputs.values()))
+
+
+def holders(client: MeshClient, model_id: str) -> list[str]:
+    try:
+        st = client.status(model_id)
+    except MeshClientError:
+        return []
+    return sorted(c["location"] for c in st["copies"] if c["status"] == "LOADED")
+
+
+def run_demo(models_dir: Path, capacity: int | None, pods: int, port: int) -> int:
+    manifest = ensure_samples(models_dir)
+    models = sample_entries(manifest)
+    if not models:
+        print("error: NOT_FOUND: the sample manifest lists no models", file=sys.stderr)
+        return 1
+    if capacity is None:
+        # Room for the largest model plus some slack, but less than all samples: the LRU must evict.
+        sizes = [model_size_bytes(models_dir, m["path"]) for m in models]
+        capacity = max(int(max(sizes) * 6), 8 * 1024 * 1024)
+    base = pick_base_port(port, pods)
+    started = time.monotonic()
+    print(f"starting {pods} pods on 127.0.0.1:{base}.. (capacity {human_bytes(capacity)} each)", flush=True)
+    with LocalCluster(pods=pods, base_port=base, capacity=capacity, models_dir=models_dir) as cluster:
+        addrs = cluster.addresses
+        for pod in cluster.pods:
+            print(f"  pod-{pod.index}: {pod.address}")
+        print(
+            f"cluster ready in {time.monotonic() - started:.1f}s; registering {len(models)} models",
+            flush=True,
+        )
+        clients = [MeshClient(a, timeout=60) for a in addrs]
+        try:
+            for i, m in enumerate(models):
+                clients[0].register(m["id"], m["type"], m["path"], load_now=(i == 0), sync=(i == 0))
+            rows, failures = [], 0
+            for i, m in enumerate(models):
+                c = clients[i % len(clients)]
+                try:
+                    out = c.infer(
+                        m["id"], {m["input_name"]: [m["row"]]}, datatype=m["datatype"], raw=(i % 2 == 1)
+                    )
+                    pred = pick_output(out, m["output_name"])
+                    ok = prediction_matches(pred, m["expected"])
+                    shown = json.dumps(np.asarray(pred).reshape(-1).tolist()[:4], default=str)
+                except MeshClientError as exc:
+                    ok, shown = False, f"{exc.code}: {exc.message}"[:60]
+                failures += not ok
+                where = ",".join(holders(c, m["id"])) or "-"
+                rows.append(
+                    (
+                        m["id"],
+                        m["type"],
+                        f"pod-{i % len(clients)}",
+                        where,
+                        shown,
+                        m["expected"],
+                        "OK" if ok else "FAIL",
+                    )
+                )
+            print()
+            print(format_table(("MODEL", "TYPE", "ASKED", "HELD BY", "PREDICTION", "EXPECTED", "OK"), rows))
+            st = clients[0].cluster_status()
+            evicted = [
+                m["model_id"] for m in st["models"] if m["status"] == "NOT_LOADED" and m["last_used_ms"] > 0
+            ]
+            print()
+            print(format_cluster_status(st))
+            print()
+            print(
+                f"evicted since use (LRU, capacity {human_bytes(capacity)}/pod): {', '.join(evicted) or 'none'}"
+            )
+        finally:
+            for c in clients:
+                c.close()
+    elapsed = time.monotonic() - started
+    verdict = "all predictions correct" if failures == 0 else f"{failures} of {len(models)} FAILED"
+    print(f"\n{verdict}; cluster stopped; {elapsed:.1f}s in all")
+    return 0 if failures == 0 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mesh.demo", description=__doc__.splitlines()[0])
+    p.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR))
+    p.add_argument("--capacity", type=int, default=None, help="runtime capacity per pod in bytes (auto)")
+    p.add_argument("--pods", type=int, default=2)
+    p.add_argument("--port", type=int, default=8033, help="first pod's port if free (else free ports)")
+    args = p.parse_args(argv)
+    try:
+        return run_demo(Path(args.models_dir).resolve(), args.capacity, args.pods, args.port)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
