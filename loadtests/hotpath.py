@@ -29,8 +29,6 @@ from mesh.client import MODEL_ID_HEADER, MeshClient, build_infer_request
 from mesh.demo import DEFAULT_MODELS_DIR, ensure_samples, sample_entries
 from mesh.devcluster import LocalCluster, pick_base_port
 
-IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
-
 
 def pick_sklearn_model(models: list[dict[str, Any]]) -> dict[str, Any]:
     sk = [m for m in models if m["type"].lower().startswith("sklearn")]
@@ -115,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
     models_dir = Path(args.models_dir).resolve()
     model = pick_sklearn_model(sample_entries(ensure_samples(models_dir)))
-    row = model["row"] if model["row"] is not None else IRIS_ROW
+    row = model["row"]
     request = build_infer_request(
         model["id"], {model["input_name"]: [row]}, raw=True, datatype="FP32", input_name=model["input_name"]
     )
