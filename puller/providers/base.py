@@ -73,10 +73,38 @@ class Limits:
     chunk_bytes: int
     reservation: Any  # budget.Reservation (grow/release)
     abort: threading.Event = field(default_factory=threading.Event)
+    _reserved: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def check(self) -> None:
         if self.abort.is_set():
             raise Aborted()
+
+    def ensure_reserved(self, rel: str, size: int) -> None:
+        """Make the disk reservation cover ``size`` bytes for file ``rel`` (idempotent across retries)."""
+        with self._lock:
+            extra = size - self._reserved.get(rel, 0)
+            if extra <= 0:
+                return
+            self._reserved[rel] = size
+        self.reservation.grow(extra)
+
+
+def ca_bundle(certificate: str, model_dir: Path) -> str | None:
+    """A CA bundle path for a storage entry's ``certificate`` (PEM text is written once to a file)."""
+    if not certificate:
+        return None
+    if "-----BEGIN" not in certificate:
+        return certificate
+    digest = hashlib.sha256(certificate.encode()).hexdigest()[:32]
+    d = model_dir / ".puller-certs"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{digest}.pem"
+    if not path.exists():
+        tmp = d / f".{digest}.{threading.get_ident()}.tmp"
+        tmp.write_text(certificate)
+        tmp.replace(path)
+    return str(path)
 
 
 class Provider(Protocol):
@@ -107,7 +135,7 @@ def stream_to_file(
     dest.parent.mkdir(parents=True, exist_ok=True)
     md5 = hashlib.md5(usedforsecurity=False) if obj.md5 else None
     written = 0
-    grown = 0
+    ahead = 0
     with open(dest, "wb") as f:
         for chunk in chunks:
             limits.check()
@@ -120,10 +148,9 @@ def stream_to_file(
                 raise VerificationFailed(
                     path=obj.remote, reason=f"received more than the announced {expected} bytes"
                 )
-            if obj.size is None and written > grown:
-                step = max(len(chunk), limits.chunk_bytes * 8)
-                limits.reservation.grow(step)
-                grown += step
+            if expected is None and written > ahead:  # unknown size: reserve disk ahead of the bytes
+                ahead = written + limits.chunk_bytes * 8
+                limits.ensure_reserved(obj.rel, ahead)
             if md5 is not None:
                 md5.update(chunk)
             f.write(chunk)
