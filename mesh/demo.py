@@ -25,6 +25,10 @@ from mesh.client import MeshClient, MeshClientError
 from mesh.devcluster import REPO_ROOT, LocalCluster, pick_base_port
 
 DEFAULT_MODELS_DIR = REPO_ROOT / "var" / "models"
+# Loaded sizes are measured (RSS delta) by the built-in runtime: the eight samples take about 35-40 MiB in
+# all, the largest single one about 10 MiB (a first load of a type pays for importing its library). Two pods
+# of this capacity hold every model one at a time but not all at once, so the LRU has to evict.
+DEMO_CAPACITY = 24 * 1024 * 1024
 
 
 def ensure_samples(models_dir: Path, *, many: int = 0) -> dict[str, Any]:
@@ -72,13 +76,6 @@ def check_outputs(outputs: dict[str, np.ndarray], expected: dict[str, Any]) -> b
     return bool(common) and all(prediction_matches(outputs[name], expected[name]) for name in common)
 
 
-def model_size_bytes(models_dir: Path, rel: str) -> int:
-    p = models_dir / rel
-    if p.is_dir():
-        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-    return p.stat().st_size if p.exists() else 0
-
-
 def prediction_matches(pred: np.ndarray, expected: Any) -> bool:
     got = np.asarray(pred).reshape(-1)
     want = np.asarray(expected).reshape(-1)
@@ -114,9 +111,7 @@ def run_demo(models_dir: Path, capacity: int | None, pods: int, port: int) -> in
         print("error: NOT_FOUND: the sample manifest lists no models", file=sys.stderr)
         return 1
     if capacity is None:
-        # Room for the largest model plus some slack, but less than all samples: the LRU must evict.
-        sizes = [m["disk_size_bytes"] or model_size_bytes(models_dir, m["path"]) for m in models]
-        capacity = max(int(max(sizes) * 6), 8 * 1024 * 1024)
+        capacity = DEMO_CAPACITY
     base = pick_base_port(port, pods)
     started = time.monotonic()
     print(f"starting {pods} pods on 127.0.0.1:{base}.. (capacity {human_bytes(capacity)} each)", flush=True)
