@@ -1,0 +1,107 @@
+"""``Session``: this process's etcd lease, kept alive, and replaced when it is lost.
+
+Owns the lease that the pod's instance record and election key are bound to. A supervised task
+(``mesh:session:<name>``) refreshes it every ``ttl/3``. etcd does not raise when refreshing an expired lease
+(it answers TTL 0, deps.md §2), so a refresh returning ``<= 0`` means the lease is gone (expired while we
+could not reach etcd, or revoked): a new lease is granted and every lease listener (``on_lease`` first) is
+awaited with the new id so owners re-put their keys. A listener that fails is retried on the next tick.
+While etcd is unreachable the task keeps retrying with backoff and ``healthy`` is False.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+from mesh.errors import KvUnavailable
+from mesh.kv.client import KvClient, retry
+
+log = logging.getLogger(__name__)
+
+LeaseListener = Callable[[int], Awaitable[None]]
+
+
+class Session:
+    def __init__(
+        self,
+        kv: KvClient,
+        ttl: int = 10,
+        on_lease: LeaseListener | None = None,
+        *,
+        name: str = "session",
+        rng: random.Random | None = None,
+    ) -> None:
+        if ttl < 1:
+            raise ValueError("lease ttl must be at least 1 second")
+        self._kv = kv
+        self.ttl = ttl
+        self.name = name
+        self._listeners: list[LeaseListener] = [on_lease] if on_lease else []
+        self._rng = rng or random.Random()
+        self._task: asyncio.Task[None] | None = None
+        self._notify_pending = False
+        self.lease_id = 0
+        self.healthy = False
+
+    def add_lease_listener(self, fn: LeaseListener) -> None:
+        """``await fn(new_lease_id)`` after each re-grant (not for the first lease, which ``start`` returns)."""
+        self._listeners.append(fn)
+
+    def remove_lease_listener(self, fn: LeaseListener) -> None:
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+
+    async def start(self, *, deadline: float | None = None) -> int:
+        """Grant the first lease (retrying for up to ``deadline`` s, default ``ttl``) and start keepalive."""
+        if self._task is None:
+            self.lease_id = await retry(lambda: self._kv.lease_grant(self.ttl), deadline=deadline or self.ttl)
+            self.healthy = True
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"mesh:session:{self.name}")
+        return self.lease_id
+
+    async def stop(self, revoke: bool = True) -> None:
+        """Stop refreshing; with ``revoke`` also revoke the lease now (deleting its keys) if etcd answers."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        if revoke and self.lease_id:
+            try:
+                await self._kv.lease_revoke(self.lease_id)
+            except Exception as exc:  # it will expire on its own
+                log.info("%s: could not revoke lease %x: %s", self.name, self.lease_id, exc)
+        self.healthy = False
+
+    async def _run(self) -> None:
+        interval = self.ttl / 3
+        delay = 0.1
+        while True:
+            await asyncio.sleep(interval if self.healthy else self._rng.uniform(delay / 2, delay))
+            try:
+                await self._tick()
+                self.healthy, delay = True, 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.healthy:
+                    level = logging.INFO if isinstance(exc, KvUnavailable) else logging.WARNING
+                    log.log(level, "%s: lease keepalive failed: %s", self.name, exc)
+                self.healthy = False
+                delay = min(interval, delay * 2)
+
+    async def _tick(self) -> None:
+        remaining = await self._kv.lease_keepalive_once(self.lease_id)
+        if remaining <= 0:
+            old, self.lease_id = self.lease_id, await self._kv.lease_grant(self.ttl)
+            log.warning("%s: lease %x was lost; granted %x", self.name, old, self.lease_id)
+            self._notify_pending = True
+        if self._notify_pending:
+            lease = self.lease_id
+            for fn in list(self._listeners):
+                await fn(lease)
+            self._notify_pending = False

@@ -1,0 +1,64 @@
+"""Session against a real etcd: keepalive, re-grant after a lost lease, health while etcd is down."""
+
+from __future__ import annotations
+
+import asyncio
+
+from mesh.kv.client import KvClient
+from mesh.kv.session import Session
+
+
+async def _eventually(predicate) -> None:
+    async with asyncio.timeout(15):
+        while not predicate():  # noqa: ASYNC110 - polls state that has no event to wait on
+            await asyncio.sleep(0.02)
+
+
+async def test_keepalive_keeps_leased_keys_past_the_ttl(kv: KvClient, kv_root: str):
+    session = Session(kv, ttl=1)
+    lease = await session.start()
+    try:
+        await kv.put(kv_root + "me", b"x", lease=lease)
+        await asyncio.sleep(2.2)  # over two TTLs: only the keepalive keeps it
+        assert (await kv.get(kv_root + "me")).lease == lease
+        assert session.healthy
+    finally:
+        await session.stop()
+    assert await kv.get(kv_root + "me") is None  # revoked on stop
+
+
+async def test_lost_lease_is_regranted_and_owner_reputs(kv: KvClient, kv_root: str):
+    key = kv_root + "instances/me"
+    leases: list[int] = []
+
+    async def on_lease(lease_id: int) -> None:
+        leases.append(lease_id)
+        await kv.put(key, b"record", lease=lease_id)
+
+    session = Session(kv, ttl=2, on_lease=on_lease)
+    first = await session.start()
+    await kv.put(key, b"record", lease=first)
+    try:
+        await kv.lease_revoke(first)  # behind the session's back
+        assert await kv.get(key) is None
+        await _eventually(lambda: leases)
+        assert leases == [session.lease_id] and session.lease_id != first
+        entry = await kv.get(key)
+        assert entry is not None and entry.lease == session.lease_id
+    finally:
+        await session.stop()
+
+
+async def test_session_reports_unhealthy_while_etcd_is_down(etcd_server, kv: KvClient):
+    session = Session(kv, ttl=1)
+    await session.start()
+    try:
+        await asyncio.to_thread(etcd_server.kill)
+        try:
+            await _eventually(lambda: not session.healthy)
+        finally:
+            await asyncio.to_thread(etcd_server.start)
+        await _eventually(lambda: session.healthy)
+        assert await kv.lease_keepalive_once(session.lease_id) > 0
+    finally:
+        await session.stop()
