@@ -98,6 +98,7 @@ class PodProcess:
     proc: subprocess.Popen
     started_at: float = 0.0
     descendants: dict[int, psutil.Process] = field(default_factory=dict)
+    groups: set[int] = field(default_factory=set)
 
     @property
     def pid(self) -> int:
@@ -107,6 +108,8 @@ class PodProcess:
         with contextlib.suppress(psutil.Error):
             for child in psutil.Process(self.pid).children(recursive=True):
                 self.descendants.setdefault(child.pid, child)
+                with contextlib.suppress(OSError):
+                    self.groups.add(os.getpgid(child.pid))  # e.g. a runtime started in its own session
 
 
 class LocalCluster:
@@ -338,9 +341,11 @@ class LocalCluster:
         # are matched by group id AND start time, so a reused PID is never hit; psutil.Process objects
         # recorded earlier refuse to signal a reused PID themselves.
         leftovers = list(pod.descendants.values())
+        groups = {pod.pid} | pod.groups
+        groups.discard(os.getpgid(0))  # never our own group
         for proc in psutil.process_iter(["pid"]):
             with contextlib.suppress(psutil.Error, OSError):
-                if os.getpgid(proc.pid) == pod.pid and proc.create_time() >= pod.started_at:
+                if os.getpgid(proc.pid) in groups and proc.create_time() >= pod.started_at:
                     leftovers.append(proc)
         for proc in leftovers:
             with contextlib.suppress(psutil.Error):
