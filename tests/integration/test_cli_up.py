@@ -113,3 +113,40 @@ def test_up_start_failure_cleans_up(tmp_path):
     assert "error: UNAVAILABLE: port" in "".join(lines)
     psutil.wait_procs(seen, timeout=10)
     assert _alive(seen) == []
+
+
+def test_stop_kills_a_stubborn_pod_and_its_detached_child(tmp_path):
+    """A 'pod' that ignores SIGTERM and has a child in its own session (as runtimes are started) is still
+    cleaned up by LocalCluster.stop(): SIGKILL by PID, by recorded descendant and by process group."""
+    from mesh.devcluster import ClusterStartError, LocalCluster
+
+    fake_python = tmp_path / "fake-python"
+    fake_python.write_text("#!/bin/sh\nsetsid sleep 300 &\ntrap '' TERM\nwhile true; do sleep 1; done\n")
+    fake_python.chmod(0o755)
+    cluster = LocalCluster(
+        pods=1,
+        base_port=pick_base_port(0, 1),
+        models_dir=tmp_path,
+        etcd="127.0.0.1:1",  # never contacted: the fake pod does not talk to etcd
+        data_dir=tmp_path / "data",
+        python=str(fake_python),
+        startup_timeout=2,
+        stop_timeout=1,
+    )
+    seen: list[psutil.Process] = []
+    real_wait_ready = cluster.wait_ready
+
+    def wait_ready_and_record():
+        try:
+            real_wait_ready()
+        finally:
+            for pod in cluster.pods:
+                seen.append(psutil.Process(pod.pid))
+                seen.extend(pod.descendants.values())
+
+    cluster.wait_ready = wait_ready_and_record
+    with pytest.raises(ClusterStartError):
+        cluster.start()
+    assert len(seen) >= 2
+    psutil.wait_procs(seen, timeout=10)
+    assert _alive(seen) == []
