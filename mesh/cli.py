@@ -322,7 +322,7 @@ def run_up(args: argparse.Namespace) -> int:
     reported: set[int] = set()
     try:
         print(f"starting {args.pods} pod(s); logs in {cluster.data_dir}", flush=True)
-        cluster.start()
+        cluster.start()  # a signal during start-up interrupts its own clean-up; the finally below redoes it
         print(f"etcd: {cluster.etcd_endpoint}  (kv root {args.kv_root})")
         for pod in cluster.pods:
             print(f"pod-{pod.index}: {pod.address}  (runtime 127.0.0.1:{pod.runtime_port}, pid {pod.pid})")

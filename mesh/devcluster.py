@@ -223,8 +223,9 @@ class LocalCluster:
         return [p for p in self.pods if p.proc.poll() is not None]
 
     def stop(self) -> None:
-        """Stop pods (SIGTERM, wait, SIGKILL by PID and process group), then etcd. Idempotent."""
-        pods, self.pods = self.pods, []
+        """Stop pods (SIGTERM, wait, SIGKILL by PID and process group), then etcd. Idempotent, and safe to
+        call again if interrupted: nothing is forgotten until it has been stopped."""
+        pods = list(self.pods)
         for pod in pods:
             pod.remember_descendants()
             if pod.proc.poll() is None:
@@ -236,10 +237,11 @@ class LocalCluster:
                 pod.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         for pod in pods:
             self._kill_leftovers(pod)
+        self.pods = []
         if self._etcd is not None:
-            etcd, self._etcd = self._etcd, None
             with contextlib.suppress(Exception):
-                etcd.stop()
+                self._etcd.stop()
+            self._etcd = None
         if self._own_data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
