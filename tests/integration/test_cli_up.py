@@ -74,10 +74,10 @@ def test_up_then_sigterm_leaves_no_process(tmp_path):
         out = "".join(lines)
         assert f"127.0.0.1:{port}" in out and f"127.0.0.1:{port + 1}" in out
         descendants = psutil.Process(proc.pid).children(recursive=True)
-        cmdlines = [" ".join(p.cmdline()) for p in descendants]
-        assert any("etcd" in c for c in cmdlines), cmdlines
-        assert sum("mesh serve" in c for c in cmdlines) == 2, cmdlines
-        assert sum("runtime_adapters.builtin" in c for c in cmdlines) == 2, cmdlines
+        argvs = [p.cmdline() for p in descendants]
+        assert any(a[0].endswith("etcd") for a in argvs), argvs
+        assert sum(a[1:4] == ["-m", "mesh", "serve"] for a in argvs) == 2, argvs
+        assert sum(a[1:3] == ["-m", "runtime_adapters.builtin"] for a in argvs) == 2, argvs
         drain = _drain(proc, lines)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0, "".join(lines)
