@@ -21,6 +21,7 @@ from puller.errors import (
     AccessDenied,
     ArtifactNotFound,
     BucketNotFound,
+    DiskBudgetExceeded,
     InvalidModelKey,
     ObjectTooLarge,
     PathEscapesRoot,
@@ -261,3 +262,19 @@ async def test_large_object_streams_with_bounded_memory(tmp_path, moto_server, b
         assert hashlib.file_digest(f, "md5").hexdigest() == digest.hexdigest()
     growth = peak[0] - base
     assert growth < size // 3, f"RSS grew by {growth} bytes while pulling a {size}-byte object"
+
+
+async def test_disk_budget_refuses_models_that_do_not_fit(tmp_path, moto_server, bucket):  # noqa: F811
+    puller = make_puller(tmp_path, {"s3main": moto_server.entry(bucket=bucket)}, disk_budget_bytes=1010)
+    key = '{"storage_key":"s3main"}'
+    try:
+        await puller.pull("fits", "models/dir", key)  # 1003 bytes, in use until remove()
+        with pytest.raises(DiskBudgetExceeded) as info:
+            await puller.pull("too-much", "models/one/model.bin", key)  # 19 more bytes
+        assert info.value.retryable
+        assert leftovers(tmp_path / "models") == ["fits"]
+        await puller.remove("fits")
+        assert (await puller.pull("now-fits", "models/one/model.bin", key)).disk_size_bytes == 19
+        assert leftovers(tmp_path / "models") == ["now-fits"]
+    finally:
+        await puller.close()
