@@ -200,8 +200,11 @@ def _url_under(url: str, base: str) -> bool:
 
 
 def _same_origin(a: str, b: str) -> bool:
-    pa, pb = urlsplit(a), urlsplit(b)
-    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
+    def origin(url: str) -> tuple:
+        p = urlsplit(url)
+        return (p.scheme, p.hostname, p.port or (443 if p.scheme == "https" else 80))
+
+    return origin(a) == origin(b)
 
 
 def _safe_relative(path: str) -> str:
