@@ -1,0 +1,138 @@
+"""``python -m runtime_adapters.builtin``: the built-in runtime process (SPI + V2 inference on one port).
+
+Composition root: parses flags into ``RuntimeSettings`` (flags > env > cgroup > defaults) and
+``PullerSettings``, builds the puller, the adapter and the servicer, serves until SIGTERM/SIGINT, then
+stops with a grace period and closes everything. Logs go to stderr; per-request logs only at DEBUG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from puller.pull import Puller
+from puller.settings import PullerSettings
+from runtime_adapters.builtin.adapter import BuiltinAdapter
+from runtime_adapters.server import ModelRuntimeServicer, start_server
+from runtime_adapters.settings import RuntimeSettings
+from runtime_adapters.sizing import SizeModel
+
+log = logging.getLogger("runtime_adapters.builtin")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m runtime_adapters.builtin", description=__doc__.splitlines()[0]
+    )
+    p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    p.add_argument(
+        "--port", type=int, default=None, help="gRPC port for SPI + V2 (default 8085, env ADAPTER_PORT)"
+    )
+    p.add_argument("--socket", dest="socket_path", default=None, help="also listen on this unix socket")
+    p.add_argument("--capacity", dest="capacity_bytes", type=int, default=None, help="model memory in bytes")
+    p.add_argument("--model-dir", type=Path, default=None, help="where pulled models go (env ROOT_MODEL_DIR)")
+    p.add_argument("--local-root", dest="local_roots", type=Path, action="append", default=None,
+                   help="root that local model paths must stay inside (repeatable)")  # fmt: skip
+    p.add_argument("--storage-config", type=Path, default=None, help="storage config JSON file or dir")
+    p.add_argument("--loading-concurrency", type=int, default=None, help="parallel loads (default 1)")
+    p.add_argument("--load-timeout-ms", type=int, default=None, help="pull+load deadline (default 90000)")
+    p.add_argument("--default-model-size", type=int, default=None, help="bytes (default 1000000)")
+    p.add_argument(
+        "--predict-threads", type=int, default=None, help="inference threads (default min(4, CPUs))"
+    )
+    p.add_argument("--tls-cert", type=Path, default=None)
+    p.add_argument("--tls-key", type=Path, default=None)
+    p.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    return p.parse_args(argv)
+
+
+def build_settings(args: argparse.Namespace) -> tuple[RuntimeSettings, PullerSettings]:
+    flags = {
+        k: getattr(args, k)
+        for k in ("host", "port", "socket_path", "capacity_bytes", "model_dir", "storage_config",
+                  "loading_concurrency", "load_timeout_ms", "default_model_size", "predict_threads",
+                  "tls_cert", "tls_key")
+    }  # fmt: skip
+    if args.local_roots:
+        flags["local_roots"] = tuple(args.local_roots)
+    settings = RuntimeSettings.from_env(**flags)
+    if not settings.runtime_version:
+        settings.runtime_version = _package_version()
+    if not settings.predict_threads:
+        settings.predict_threads = min(4, os.cpu_count() or 1)
+    puller_overrides: dict = {}
+    if settings.model_dir is not None:
+        puller_overrides["model_dir"] = settings.model_dir
+    if settings.local_roots:
+        puller_overrides["local_roots"] = tuple(p.resolve() for p in settings.local_roots)
+    if settings.storage_config is not None:
+        puller_overrides["storage_config"] = settings.storage_config
+    return settings, PullerSettings.from_env(**puller_overrides)
+
+
+def _package_version() -> str:
+    try:
+        return f"builtin-{metadata.version('modelmesh-py')}"
+    except metadata.PackageNotFoundError:
+        return "builtin-dev"
+
+
+async def serve(settings: RuntimeSettings, puller_settings: PullerSettings) -> None:
+    puller_settings.model_dir.mkdir(parents=True, exist_ok=True)
+    puller = Puller(puller_settings)
+    adapter = BuiltinAdapter(
+        capacity_bytes=settings.capacity_bytes,
+        runtime_version=settings.runtime_version,
+        sizes=SizeModel(
+            default_size=settings.default_model_size, override_multiplier=settings.size_multiplier
+        ),
+        load_threads=settings.loading_concurrency + 2,
+        predict_threads=settings.predict_threads,
+        measure_wait_s=settings.load_timeout_ms / 1000,
+    )
+    servicer = ModelRuntimeServicer(adapter, puller, settings, local_roots=puller_settings.local_roots)
+    server, port = await start_server(settings, servicer, adapter)
+    log.info(
+        "builtin runtime %s serving mmesh.ModelRuntime + V2 inference on %s:%d%s (capacity %d bytes, "
+        "model dir %s)", settings.runtime_version, settings.host, port, " over TLS" if settings.tls_cert else "",
+        settings.capacity_bytes, puller_settings.model_dir,
+    )  # fmt: skip
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("stopping (grace %.1fs)", settings.grace_s)
+        await server.stop(settings.grace_s)
+    finally:
+        servicer.close()
+        await adapter.close()
+        await puller.close()
+    log.info("stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings, puller_settings = build_settings(args)
+    except (ValueError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(settings, puller_settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

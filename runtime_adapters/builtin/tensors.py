@@ -1,0 +1,202 @@
+"""KServe V2 tensors <-> numpy: the only code that reads or writes tensor payloads.
+
+Inputs come either as typed ``contents`` (BOOL -> bool_contents, INT8/16/32 -> int_contents, INT64 ->
+int64_contents, UINT8/16/32 -> uint_contents, UINT64 -> uint64_contents, FP32 -> fp32_contents, FP64 ->
+fp64_contents, BYTES -> bytes_contents) or as ``raw_input_contents`` (one little-endian buffer per input, in
+input order; BYTES elements are 4-byte little-endian length prefixed). Every inconsistency between
+datatype, shape and data raises ``InvalidRequest`` naming the input and what is wrong. Outputs are written
+the way the request came: raw buffers when it used raw inputs, typed contents otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping
+
+import numpy as np
+
+from mesh.errors import InvalidRequest, MeshError
+from protos.inference import grpc_predict_v2_pb2 as pb
+
+DTYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+CONTENTS_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+_ALL_FIELDS = sorted(set(CONTENTS_FIELD.values()))
+_DATATYPE_OF = {dt: name for name, dt in DTYPES.items()}
+MAX_RANK = 16
+
+
+def decode_inputs(request: pb.ModelInferRequest) -> tuple[dict[str, np.ndarray], bool]:
+    """The request's input tensors by name (request order) and whether they came as raw contents."""
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidRequest(
+            f"raw_input_contents has {len(raw)} buffers but the request has {len(request.inputs)} inputs"
+        )
+    if not request.inputs:
+        raise InvalidRequest("the request has no inputs")
+    arrays: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(request.inputs):
+        name = tensor.name or f"input-{i}"
+        if name in arrays:
+            raise InvalidRequest(f"input '{name}' appears more than once")
+        shape = _check_shape(name, tensor.datatype, tensor.shape)
+        if raw:
+            if _has_typed(tensor.contents):
+                raise InvalidRequest(f"input '{name}' has typed contents and raw_input_contents")
+            arrays[name] = _from_raw(name, tensor.datatype, shape, raw[i])
+        else:
+            arrays[name] = _from_typed(name, tensor.datatype, shape, tensor.contents)
+    return arrays, bool(raw)
+
+
+def encode_outputs(
+    response: pb.ModelInferResponse, outputs: Mapping[str, np.ndarray], *, raw: bool
+) -> pb.ModelInferResponse:
+    """Append ``outputs`` to ``response`` as raw buffers or typed contents."""
+    for name, value in outputs.items():
+        arr = _normalise(np.asarray(value))
+        datatype = "BYTES" if arr.dtype.kind in "OSU" else _DATATYPE_OF[arr.dtype.newbyteorder("<")]
+        if not raw and datatype == "FP16":
+            arr, datatype = arr.astype("<f4"), "FP32"  # no typed field for FP16
+        out = response.outputs.add(name=name, datatype=datatype, shape=list(arr.shape))
+        if datatype == "BYTES":
+            items = [_to_bytes(x) for x in arr.ravel().tolist()]
+            if raw:
+                response.raw_output_contents.append(b"".join(struct.pack("<I", len(b)) + b for b in items))
+            else:
+                out.contents.bytes_contents.extend(items)
+        elif raw:
+            response.raw_output_contents.append(arr.astype(DTYPES[datatype], copy=False).tobytes())
+        else:
+            getattr(out.contents, CONTENTS_FIELD[datatype]).extend(arr.ravel().tolist())
+    return response
+
+
+def _check_shape(name: str, datatype: str, shape) -> tuple[int, ...]:
+    if datatype not in DTYPES and datatype != "BYTES":
+        supported = ", ".join([*DTYPES, "BYTES"])
+        raise InvalidRequest(f"input '{name}': unsupported datatype '{datatype}' (supported: {supported})")
+    dims = tuple(int(d) for d in shape)
+    if not dims:
+        raise InvalidRequest(f"input '{name}': shape is empty")
+    if len(dims) > MAX_RANK or any(d < 0 for d in dims):
+        raise InvalidRequest(f"input '{name}': invalid shape {list(dims)}")
+    return dims
+
+
+def _has_typed(contents: pb.InferTensorContents) -> bool:
+    return any(len(getattr(contents, f)) for f in _ALL_FIELDS)
+
+
+def _from_typed(name: str, datatype: str, shape: tuple[int, ...], contents) -> np.ndarray:
+    count = math.prod(shape)
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidRequest(f"input '{name}': {datatype} values must be sent in raw_input_contents")
+    values = getattr(contents, field)
+    if len(values) == 0 and count:
+        other = [f for f in _ALL_FIELDS if len(getattr(contents, f))]
+        where = f"its values are in {other[0]}" if other else "it has no values"
+        raise InvalidRequest(f"input '{name}' has datatype {datatype} but {where} (expected {field})")
+    if len(values) != count:
+        raise InvalidRequest(
+            f"input '{name}': shape {list(shape)} needs {count} values but {field} holds {len(values)}"
+        )
+    if datatype == "BYTES":
+        arr = np.empty(count, dtype=object)
+        arr[:] = list(values)
+        return arr.reshape(shape)
+    dtype = DTYPES[datatype]
+    try:
+        arr = np.array(values, dtype=dtype)
+    except OverflowError as exc:
+        raise InvalidRequest(f"input '{name}': a value does not fit {datatype}") from exc
+    return arr.reshape(shape)
+
+
+def _from_raw(name: str, datatype: str, shape: tuple[int, ...], buf: bytes) -> np.ndarray:
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        return _bytes_from_raw(name, shape, count, buf)
+    dtype = DTYPES[datatype]
+    if len(buf) != count * dtype.itemsize:
+        raise InvalidRequest(
+            f"input '{name}': shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes "
+            f"but its raw_input_contents has {len(buf)}"
+        )
+    arr = np.frombuffer(buf, dtype=dtype).reshape(shape)
+    return arr.astype(dtype.newbyteorder("="), copy=False)
+
+
+def _bytes_from_raw(name: str, shape: tuple[int, ...], count: int, buf: bytes) -> np.ndarray:
+    items: list[bytes] = []
+    pos = 0
+    while pos < len(buf):
+        if pos + 4 > len(buf):
+            raise InvalidRequest(f"input '{name}': truncated BYTES length prefix in raw_input_contents")
+        (n,) = struct.unpack_from("<I", buf, pos)
+        pos += 4
+        if pos + n > len(buf):
+            raise InvalidRequest(f"input '{name}': BYTES element overruns raw_input_contents")
+        items.append(bytes(buf[pos : pos + n]))
+        pos += n
+    if len(items) != count:
+        raise InvalidRequest(
+            f"input '{name}': shape {list(shape)} needs {count} BYTES elements but raw holds {len(items)}"
+        )
+    arr = np.empty(count, dtype=object)
+    arr[:] = items
+    return arr.reshape(shape)
+
+
+def _normalise(arr: np.ndarray) -> np.ndarray:
+    """Object arrays holding numbers become numeric; other dtypes stay."""
+    if arr.dtype.kind == "O" and arr.size:
+        try:
+            guess = np.asarray(arr.tolist())
+        except ValueError:
+            return arr
+        if guess.dtype.kind in "biuf":
+            return guess
+    if arr.dtype.kind in "biufOSU" and (
+        arr.dtype.kind in "OSU" or arr.dtype.newbyteorder("<") in _DATATYPE_OF
+    ):
+        return arr
+    if arr.dtype.kind == "f":
+        return arr.astype(np.float64)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64)
+    raise MeshError(f"cannot encode an output of dtype {arr.dtype} as a V2 tensor")
+
+
+def _to_bytes(x: object) -> bytes:
+    if isinstance(x, bytes):
+        return x
+    return str(x).encode("utf-8")
