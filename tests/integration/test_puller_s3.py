@@ -139,7 +139,8 @@ async def test_bad_inputs_leave_nothing_behind(tmp_path, moto_server, bucket):  
 
 
 @pytest.mark.parametrize("flavour", [{}, {"client": "minio"}])
-async def test_wrong_credentials(tmp_path, moto_auth_server, flavour):  # noqa: F811
+async def test_wrong_credentials(tmp_path, moto_auth_server, flavour, caplog):  # noqa: F811
+    caplog.set_level("DEBUG", logger="puller")
     srv = moto_auth_server
     c = srv.client()
     name = srv.new_bucket(c)
@@ -161,6 +162,8 @@ async def test_wrong_credentials(tmp_path, moto_auth_server, flavour):  # noqa: 
             assert "definitely-wrong-secret" not in info.value.message
             assert srv.secret_access_key not in info.value.message
         assert leftovers(tmp_path / "models") == ["ok"]
+        assert "definitely-wrong-secret" not in caplog.text and srv.secret_access_key not in caplog.text
+        assert "denied" in caplog.text  # the failure was logged, without the secret
     finally:
         await puller.close()
 
