@@ -1,0 +1,82 @@
+"""MeshAdmin servicer (our extension): the responding pod's view of the cluster for ``mesh status``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mesh.cluster.status import model_status
+from mesh.cluster.view import ClusterView
+from mesh.errors import abort
+from mesh.local.cache import LocalCache
+from mesh.local.loader import now_ms
+from protos.meshadmin import admin_pb2 as pb
+from protos.meshadmin import admin_pb2_grpc as pb_grpc
+
+
+class MeshAdminServicer(pb_grpc.MeshAdminServicer):
+    def __init__(
+        self,
+        *,
+        instance_id: str,
+        view: ClusterView,
+        cache: LocalCache,
+        is_leader: Callable[[], str | None],
+        failure_expiry_ms: int,
+    ) -> None:
+        self.instance_id = instance_id
+        self.view = view
+        self.cache = cache
+        self.leader_id = is_leader
+        self.failure_expiry_ms = failure_expiry_ms
+
+    async def ClusterStatus(self, request: pb.ClusterStatusRequest, context):
+        try:
+            return self._status(request.include_models)
+        except Exception as exc:
+            await abort(context, exc)
+
+    def _status(self, include_models: bool) -> pb.ClusterStatusResponse:
+        now = now_ms()
+        leader = self.leader_id()
+        resp = pb.ClusterStatusResponse(responding_instance=self.instance_id)
+        for iid, rec in sorted(self.view.instances().items()):
+            resp.instances.append(
+                pb.InstanceStatus(
+                    instance_id=iid,
+                    address=rec.address,
+                    zone=rec.zone,
+                    labels=rec.labels,
+                    capacity_bytes=rec.capacity,
+                    used_bytes=rec.used,
+                    lru_age_ms=max(0, now - rec.lru_time) if rec.lru_time and rec.count else 0,
+                    model_count=rec.count,
+                    loads_in_progress=rec.loads_in_progress,
+                    rpm=rec.rpm,
+                    shutting_down=rec.shutting_down,
+                    leader=iid == leader,
+                )
+            )
+        if include_models:
+            alive = self.view.alive()
+            for model_id, rec in sorted(self.view.models().items()):
+                st = model_status(
+                    rec,
+                    self_id=self.instance_id,
+                    local=self.cache.get(model_id),
+                    alive=alive,
+                    now_ms=now,
+                    failure_expiry_ms=self.failure_expiry_ms,
+                )
+                resp.models.append(
+                    pb.ModelSummary(
+                        model_id=model_id,
+                        type=rec.type,
+                        loaded_on=[c.instance_id for c in st.copies if c.status == "LOADED"],
+                        loading_on=[c.instance_id for c in st.copies if c.status == "LOADING"],
+                        failed_on=[c.instance_id for c in st.copies if c.status == "LOADING_FAILED"],
+                        last_used_ms=rec.last_used,
+                        status=st.status,
+                        errors=st.errors,
+                    )
+                )
+        return resp

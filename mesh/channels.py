@@ -1,0 +1,61 @@
+"""gRPC channel and server-credential construction, in one place, so every listener and client has the same
+TLS options and message-size limits. Channels are created once per target and reused (DESIGN §3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """PEM file paths. ``ca`` verifies the other side; ``cert``/``key`` identify this side."""
+
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.ca or self.cert)
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.enable_retries", 0),
+    ]
+
+
+def _read(path: str) -> bytes | None:
+    return Path(path).read_bytes() if path else None
+
+
+def aio_channel(
+    address: str, *, tls: TlsFiles | None = None, max_message_bytes: int = 16 << 20
+) -> grpc.aio.Channel:
+    """An asyncio channel to ``address`` (``host:port`` or ``unix:/path``), TLS when ``tls`` has a CA/cert."""
+    opts = channel_options(max_message_bytes)
+    if tls is not None and tls.enabled:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=_read(tls.ca), private_key=_read(tls.key), certificate_chain=_read(tls.cert)
+        )
+        return grpc.aio.secure_channel(address, creds, options=opts)
+    return grpc.aio.insecure_channel(address, options=opts)
+
+
+def add_port(server: grpc.aio.Server, address: str, *, tls: TlsFiles | None = None) -> int:
+    """Bind ``address`` on ``server`` with TLS when a certificate is configured. Returns the bound port."""
+    if tls is not None and tls.cert:
+        creds = grpc.ssl_server_credentials(
+            [(_read(tls.key), _read(tls.cert))],
+            root_certificates=_read(tls.ca),
+            require_client_auth=False,
+        )
+        return server.add_secure_port(address, creds)
+    return server.add_insecure_port(address)

@@ -1,0 +1,134 @@
+"""Placement policy: which pod loads a model that is loaded nowhere (pure functions, no I/O, no clock).
+
+Order of preference, after ModelMesh's PLACEMENT_ORDER (modelmesh.md §3.2), simplified where noted:
+  1. not shutting down; satisfies the type's required labels; not excluded; no recent failure of this model;
+  2. has room for the model without evicting ("not full") over full;
+  3. among full pods: the oldest LRU time first (evict the globally least recently used model);
+  4. among pods with room: fewer models, then more free space;
+  5. then fewer loads in progress, then lower request rate.
+A shortlist of near-equal pods is kept (full: LRU within max(45 s, 10 % of the best's age); with room:
+free ≥ ¼ of the best's and count ≤ max(10, 1.25 × best's)), pods carrying the type's preferred labels win,
+busy pods (rpm > 3 × the quietest's, once that is ≥ 100) are dropped, and one is chosen at random, so that
+concurrent misses spread instead of piling onto one pod whose published record is a few seconds old.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from mesh.errors import InvalidRequest
+from mesh.kv.records import InstanceRecord
+
+
+@dataclass(frozen=True, slots=True)
+class TypeRule:
+    required: frozenset[str] = frozenset()
+    preferred: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class TypeConstraints:
+    """``MM_TYPE_CONSTRAINTS`` JSON: {"<type>": {"required": [...], "preferred": [...]}, "_default": {...}}."""
+
+    rules: dict[str, TypeRule] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> TypeConstraints:
+        if not text.strip():
+            return cls()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidRequest(f"type constraints are not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise InvalidRequest("type constraints must be a JSON object")
+        rules = {}
+        for model_type, rule in data.items():
+            if not isinstance(rule, dict):
+                raise InvalidRequest(f"type constraint for {model_type!r} must be an object")
+            rules[model_type] = TypeRule(
+                frozenset(rule.get("required", ())), frozenset(rule.get("preferred", ()))
+            )
+        return cls(rules)
+
+    def rule(self, model_type: str) -> TypeRule:
+        return self.rules.get(model_type) or self.rules.get("_default") or TypeRule()
+
+
+def eligible(
+    instances: Mapping[str, InstanceRecord],
+    *,
+    model_type: str,
+    exclude: set[str],
+    constraints: TypeConstraints,
+) -> dict[str, InstanceRecord]:
+    rule = constraints.rule(model_type)
+    return {
+        iid: rec
+        for iid, rec in instances.items()
+        if iid not in exclude and not rec.shutting_down and rule.required <= set(rec.labels)
+    }
+
+
+def choose_load_target(
+    instances: Mapping[str, InstanceRecord],
+    *,
+    model_type: str,
+    size: int,
+    exclude: set[str],
+    constraints: TypeConstraints | None = None,
+    rng: random.Random | None = None,
+    now_ms: int,
+) -> str | None:
+    """The instance that should load a model of ``size`` bytes, or None if no pod qualifies."""
+    constraints = constraints or TypeConstraints()
+    rng = rng or random.Random()
+    candidates = eligible(instances, model_type=model_type, exclude=exclude, constraints=constraints)
+    if not candidates:
+        return None
+
+    def has_room(rec: InstanceRecord) -> bool:
+        return rec.capacity - rec.used >= size
+
+    roomy = {i: r for i, r in candidates.items() if has_room(r)}
+    if roomy:
+        ranked = sorted(
+            roomy.items(),
+            key=lambda kv: (kv[1].count, -kv[1].free, kv[1].loads_in_progress, kv[1].rpm, kv[0]),
+        )
+        best = ranked[0][1]
+        limit = max(10, 1.25 * best.count)
+        shortlist = [i for i, r in ranked if r.free >= best.free / 4 and r.count <= limit]
+    else:
+        ranked = sorted(
+            candidates.items(),
+            key=lambda kv: (kv[1].lru_time or now_ms, kv[1].loads_in_progress, kv[1].rpm, kv[0]),
+        )
+        best = ranked[0][1]
+        best_lru = best.lru_time or now_ms
+        window = max(45_000, (now_ms - best_lru) // 10)
+        shortlist = [i for i, r in ranked if (r.lru_time or now_ms) - best_lru <= window]
+    rule = constraints.rule(model_type)
+    if rule.preferred:
+        preferred = [i for i in shortlist if rule.preferred & set(candidates[i].labels)]
+        shortlist = preferred or shortlist
+    quietest = min(candidates[i].rpm for i in shortlist)
+    if quietest >= 100:
+        shortlist = [i for i in shortlist if candidates[i].rpm <= 3 * quietest] or shortlist
+    return rng.choice(shortlist)
+
+
+def choose_copy(
+    holders: list[str], loaded: Mapping[str, int], instances: Mapping[str, InstanceRecord], rng: random.Random
+) -> str | None:
+    """Pick a copy to forward to: a loaded copy at random (weighted towards lower rpm), else the oldest loading."""
+    ready = [h for h in holders if h in loaded]
+    if ready:
+        if len(ready) == 1:
+            return ready[0]
+        a, b = rng.sample(ready, 2)  # power of two choices on published rpm
+        return a if instances.get(a, InstanceRecord()).rpm <= instances.get(b, InstanceRecord()).rpm else b
+    return holders[0] if holders else None

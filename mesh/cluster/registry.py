@@ -1,0 +1,209 @@
+"""Registry: owns ``registry/<modelId>`` (ModelRecords). Every write is a CAS loop through ``Table.update``.
+
+Reads (``get``) come from the watch-fed table in memory; only registration, unregistration and the load
+lifecycle (claim, loaded, failed, removed) write, and those happen on the management and cold paths, never
+on a cache hit. Mutations are pure functions of the current record so a CAS retry simply re-applies them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mesh.errors import AlreadyExists, FailedPrecondition, ModelNotFound
+from mesh.kv.records import ModelRecord
+from mesh.kv.table import Table
+
+log = logging.getLogger(__name__)
+
+# ModelMesh stamps new models in the past so they never displace models in active use (modelmesh.md §3.6).
+LAST_USED_AGE_ON_ADD_MS = 6 * 3600 * 1000
+LAST_USED_AGE_ON_ADD_LOADNOW_MS = 3600 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    type: str
+    path: str = ""
+    key: str = ""
+    min_copies: int = 0
+    max_copies: int = 0
+
+
+class LoadedElsewhere(Exception):
+    """A claim lost to a concurrent claim by another pod (single load across the cluster)."""
+
+    def __init__(self, holders: list[str]) -> None:
+        super().__init__(f"already claimed by {holders}")
+        self.holders = holders
+
+
+class Registry:
+    def __init__(self, table: Table[ModelRecord], clock_ms: Callable[[], int]) -> None:
+        self.table = table
+        self._now = clock_ms
+
+    # ---- reads
+    def get(self, model_id: str) -> ModelRecord | None:
+        return self.table.get(model_id)
+
+    async def get_strong(self, model_id: str) -> ModelRecord | None:
+        return await self.table.get_strong(model_id)
+
+    def items(self) -> dict[str, ModelRecord]:
+        return self.table.items()
+
+    # ---- management
+    async def register(
+        self, model_id: str, spec: ModelSpec, *, load_now: bool, last_used: int = 0
+    ) -> ModelRecord:
+        now = self._now()
+        if not last_used:
+            last_used = now - (LAST_USED_AGE_ON_ADD_LOADNOW_MS if load_now else LAST_USED_AGE_ON_ADD_MS)
+
+        def apply(cur: ModelRecord | None) -> ModelRecord | None:
+            if cur is not None:
+                if (cur.type, cur.path, cur.key) != (spec.type, spec.path, spec.key):
+                    raise AlreadyExists(
+                        f"model '{model_id}' is already registered with different info "
+                        f"(type={cur.type!r}, path={cur.path!r}); unregister it first"
+                    )
+                if (cur.min_copies, cur.max_copies) == (spec.min_copies, spec.max_copies):
+                    return cur
+                return cur.replace(min_copies=spec.min_copies, max_copies=spec.max_copies)
+            return ModelRecord(
+                type=spec.type,
+                path=spec.path,
+                key=spec.key,
+                last_used=last_used,
+                registered_at=now,
+                min_copies=spec.min_copies,
+                max_copies=spec.max_copies,
+            )
+
+        rec = await self.table.update(model_id, apply)
+        assert rec is not None
+        return rec
+
+    async def unregister(self, model_id: str) -> ModelRecord | None:
+        """Delete the record (no effect if absent). Fails while a vmodel still references it."""
+        removed: list[ModelRecord] = []
+
+        def apply(cur: ModelRecord | None) -> ModelRecord | None:
+            if cur is None:
+                return None
+            if cur.refs > 0:
+                raise FailedPrecondition(f"model '{model_id}' is still referenced by {cur.refs} vmodel(s)")
+            removed[:] = [cur]
+            return None
+
+        await self.table.update(model_id, apply)
+        return removed[0] if removed else None
+
+    # ---- load lifecycle (cold path)
+    async def claim(
+        self, model_id: str, instance_id: str, *, exclusive: bool, alive: set[str]
+    ) -> ModelRecord:
+        """Add this instance as loading. With ``exclusive``, lose to any live claim by another pod."""
+        now = self._now()
+
+        def apply(cur: ModelRecord | None) -> ModelRecord | None:
+            if cur is None:
+                raise ModelNotFound(model_id)
+            if instance_id in cur.instances:
+                return cur
+            others = [i for i in cur.instances if i != instance_id and i in alive]
+            if exclusive and others:
+                raise LoadedElsewhere(others)
+            return cur.replace(instances={**cur.instances, instance_id: now})
+
+        rec = await self.table.update(model_id, apply)
+        assert rec is not None
+        return rec
+
+    async def mark_loaded(self, model_id: str, instance_id: str, last_used: int) -> ModelRecord | None:
+        now = self._now()
+
+        def apply(cur: ModelRecord | None) -> ModelRecord | None:
+            if cur is None:
+                raise ModelNotFound(model_id)
+            instances = cur.instances if instance_id in cur.instances else {**cur.instances, instance_id: now}
+            failures = {k: v for k, v in cur.failures.items() if k != instance_id}
+            messages = {k: v for k, v in cur.failure_messages.items() if k != instance_id}
+            return cur.replace(
+                instances=instances,
+                loaded={**cur.loaded, instance_id: now},
+                failures=failures,
+                failure_messages=messages,
+                last_used=max(cur.last_used, last_used),
+            )
+
+        return await self.table.update(model_id, apply)
+
+    async def record_failure(self, model_id: str, instance_id: str, message: str) -> ModelRecord | None:
+        now = self._now()
+
+        def apply(cur: ModelRecord | None) -> ModelRecord | None:
+            if cur is None:
+                return None
+            return cur.replace(
+                instances={k: v for k, v in cur.instances.items() if k != instance_id},
+                loaded={k: v for k, v in cur.loaded.items() if k != instance_id},
+                failures={**cur.failures, instance_id: now},
+                failure_messages={**cur.failure_messages, instance_id: message[:1000]},
+            )
+
+        return await self.table.update(model_id, apply)
+
+    async def remove_copy(self, model_id: str, instance_id: str, last_used: int = 0) -> ModelRecord | None:
+        """Drop this instance's copy (eviction, unload, runtime loss); pushes its last use into ``lu``."""
+        now = self._now()
+
+        def apply(cur: ModelRecord | None) -> ModelRecord | None:
+            if cur is None or instance_id not in cur.instances:
+                return cur
+            return cur.replace(
+                instances={k: v for k, v in cur.instances.items() if k != instance_id},
+                loaded={k: v for k, v in cur.loaded.items() if k != instance_id},
+                last_used=max(cur.last_used, last_used),
+                last_unload=now,
+            )
+
+        return await self.table.update(model_id, apply)
+
+    async def remove_instances(self, model_id: str, dead: set[str]) -> ModelRecord | None:
+        """Reaper: remove copies held by instances that no longer exist."""
+
+        def apply(cur: ModelRecord | None) -> ModelRecord | None:
+            if cur is None or not (dead & set(cur.instances)):
+                return cur
+            return cur.replace(
+                instances={k: v for k, v in cur.instances.items() if k not in dead},
+                loaded={k: v for k, v in cur.loaded.items() if k not in dead},
+            )
+
+        return await self.table.update(model_id, apply)
+
+    async def expire_failures(self, model_id: str, expiry_ms: int) -> ModelRecord | None:
+        now = self._now()
+
+        def apply(cur: ModelRecord | None) -> ModelRecord | None:
+            if cur is None:
+                return None
+            keep = cur.recent_failures(now, expiry_ms)
+            if len(keep) == len(cur.failures):
+                return cur
+            return cur.replace(
+                failures=keep, failure_messages={k: v for k, v in cur.failure_messages.items() if k in keep}
+            )
+
+        return await self.table.update(model_id, apply)
+
+    async def touch(self, model_id: str, last_used: int) -> ModelRecord | None:
+        def apply(cur: ModelRecord | None) -> ModelRecord | None:
+            if cur is None or cur.last_used >= last_used:
+                return cur
+            return cur.replace(last_used=last_used)
+
+        return await self.table.update(model_id, apply)

@@ -1,0 +1,218 @@
+"""Request metadata of the data plane: which model a request is for, and the mesh's internal hop metadata.
+
+The model id comes from ``mm-model-id`` / ``mm-model-id-bin`` (concrete model) or ``mm-vmodel-id`` /
+``mm-vmodel-id-bin`` (virtual model) headers; when neither is present, from field 1 of the request message
+(``model_name`` of ModelInferRequest, ``name`` of ModelMetadata/ModelReady requests). Only that one field is
+read, by scanning the top-level protobuf wire format; the payload is never decoded (DESIGN §3).
+
+Internal metadata set by pods when forwarding (never trusted to widen anything, only to narrow what a pod
+does): ``mm-hop`` (forward count), ``mm-exclude`` (instance ids not to use), ``mm-internal`` (``hit`` = serve
+only if loaded here, ``load`` = load here if needed), ``mm-lu`` (last-used time, epoch ms).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from mesh.errors import InvalidRequest
+from mesh.ids import check_id
+
+MODEL_ID = "mm-model-id"
+MODEL_ID_BIN = "mm-model-id-bin"
+VMODEL_ID = "mm-vmodel-id"
+VMODEL_ID_BIN = "mm-vmodel-id-bin"
+LEGACY_MODEL_ID = "tas-model-id"
+HOP = "mm-hop"
+EXCLUDE = "mm-exclude"
+INTERNAL = "mm-internal"
+LAST_USED = "mm-lu"
+BALANCED = "mm-balanced"
+
+INTERNAL_HIT = "hit"
+INTERNAL_LOAD = "load"
+
+# Headers never passed on to a runtime or peer as-is (the mesh rewrites what it needs).
+_DROP_PREFIXES = ("mm-", "grpc-", "tas-")
+_DROP_EXACT = frozenset({"content-type", "user-agent", "te", ":authority", "host"})
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    model_id: str | None = None
+    vmodel_id: str | None = None
+    hop: int = 0
+    exclude: set[str] = field(default_factory=set)
+    internal: str = ""
+    last_used: int = 0
+    balanced: bool = False
+    passthrough: list[tuple[str, str | bytes]] = field(default_factory=list)
+
+
+def parse_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> RequestInfo:
+    """Read routing headers. Raises InvalidRequest naming the header that is wrong."""
+    info = RequestInfo()
+    model_ids: list[str] = []
+    vmodel_ids: list[str] = []
+    for key, value in metadata or ():
+        key = key.lower()
+        if key in (MODEL_ID, LEGACY_MODEL_ID):
+            model_ids.append(_text(value, key))
+        elif key == MODEL_ID_BIN:
+            model_ids.append(_utf8(value, key))
+        elif key == VMODEL_ID:
+            vmodel_ids.append(_text(value, key))
+        elif key == VMODEL_ID_BIN:
+            vmodel_ids.append(_utf8(value, key))
+        elif key == HOP:
+            info.hop = _int(value, key)
+        elif key == EXCLUDE:
+            info.exclude.update(x for x in _text(value, key).split(",") if x)
+        elif key == INTERNAL:
+            info.internal = _text(value, key)
+        elif key == LAST_USED:
+            info.last_used = _int(value, key)
+        elif key == BALANCED:
+            info.balanced = _text(value, key).lower() == "true"
+        elif not key.startswith(_DROP_PREFIXES) and key not in _DROP_EXACT:
+            info.passthrough.append((key, value))
+    if len(set(model_ids)) > 1:
+        raise InvalidRequest("multi-model requests (several mm-model-id values) are not supported")
+    if model_ids and vmodel_ids:
+        raise InvalidRequest("request must not include both mm-model-id and mm-vmodel-id headers")
+    if model_ids:
+        info.model_id = check_id(model_ids[0], what=f"{MODEL_ID} header")
+    if vmodel_ids:
+        info.vmodel_id = check_id(vmodel_ids[0], what=f"{VMODEL_ID} header")
+    return info
+
+
+def _text(value: str | bytes, key: str) -> str:
+    if isinstance(value, bytes):
+        return _utf8(value, key)
+    return value
+
+
+def _utf8(value: str | bytes, key: str) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"header {key} is not valid UTF-8") from exc
+
+
+def _int(value: str | bytes, key: str) -> int:
+    try:
+        return int(_text(value, key))
+    except ValueError as exc:
+        raise InvalidRequest(f"header {key} must be an integer") from exc
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Minimal protobuf wire-format access: read or replace one length-delimited field, nothing decoded.
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    end = len(buf)
+    while True:
+        if pos >= end:
+            raise InvalidRequest("malformed request payload: truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift >= 64:
+            raise InvalidRequest("malformed request payload: varint too long")
+
+
+def _fields(buf: bytes) -> Iterable[tuple[int, int, int, int]]:
+    """Yield (field number, wire type, start of field incl. tag, end) for each top-level field."""
+    pos = 0
+    end = len(buf)
+    while pos < end:
+        start = pos
+        tag, pos = _varint(buf, pos)
+        number, wire = tag >> 3, tag & 7
+        if number == 0:
+            raise InvalidRequest("malformed request payload: field number 0")
+        if wire == 0:
+            _, pos = _varint(buf, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            pos += length
+        elif wire == 5:
+            pos += 4
+        else:
+            raise InvalidRequest(f"malformed request payload: unsupported wire type {wire}")
+        if pos > end:
+            raise InvalidRequest("malformed request payload: field runs past the end")
+        yield number, wire, start, pos
+
+
+def _value_span(buf: bytes, start: int) -> tuple[int, int]:
+    """(start, end) of the value bytes of the length-delimited field whose tag starts at ``start``."""
+    _, pos = _varint(buf, start)
+    length, pos = _varint(buf, pos)
+    return pos, pos + length
+
+
+def read_string_field(buf: bytes, number: int = 1) -> str | None:
+    """The last value of top-level string field ``number`` (protobuf: last one wins), or None."""
+    found: tuple[int, int] | None = None
+    for num, wire, start, _ in _fields(buf):
+        if num == number:
+            if wire != 2:
+                raise InvalidRequest(f"malformed request payload: field {number} is not a string")
+            found = _value_span(buf, start)
+    if found is None:
+        return None
+    try:
+        return buf[found[0] : found[1]].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"malformed request payload: field {number} is not valid UTF-8") from exc
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _length_delimited(number: int, value: bytes) -> bytes:
+    return _encode_varint((number << 3) | 2) + _encode_varint(len(value)) + value
+
+
+def splice_string(buf: bytes, path: Sequence[int], value: str) -> bytes:
+    """Return ``buf`` with the string at field path ``path`` set to ``value`` (ModelMesh idInjectionPath).
+
+    Top-level occurrences of the field are removed and one new field is prepended; for nested paths the
+    enclosing message (last occurrence) is rewritten recursively. Everything else is copied byte for byte.
+    """
+    if not path:
+        return buf
+    number = path[0]
+    if len(path) == 1:
+        kept = [buf[s:e] for num, _, s, e in _fields(buf) if num != number]
+        return _length_delimited(number, value.encode("utf-8")) + b"".join(kept)
+    parts: list[bytes] = []
+    inner = b""
+    for num, wire, s, e in _fields(buf):
+        if num == number and wire == 2:
+            vs, ve = _value_span(buf, s)
+            inner = buf[vs:ve]  # last occurrence wins; earlier ones are merged by parsers, we keep the last
+        else:
+            parts.append(buf[s:e])
+    return _length_delimited(number, splice_string(inner, path[1:], value)) + b"".join(parts)

@@ -1,0 +1,85 @@
+"""RuntimeLink: raw-bytes inference calls from this pod to its local runtime's serving port.
+
+The payload is forwarded as bytes; the concrete model id is written where the runtime expects it: the
+``mm-model-id`` header (``mm-model-id-bin`` when not ASCII) and, for methods the runtime lists in
+``methodInfos``, spliced into the message at its ``idInjectionPath`` (modelmesh.md §1.3). Runtime answers
+meaning "I don't have that model" (NOT_FOUND, MLServer's INVALID_ARGUMENT "Model … not found", Triton's
+UNAVAILABLE "Request for unknown model") become ModelNotHere so the router can reload or go elsewhere.
+"""
+
+from __future__ import annotations
+
+import re
+
+import grpc
+
+from mesh.channels import TlsFiles, aio_channel
+from mesh.dataplane.headers import MODEL_ID, MODEL_ID_BIN, splice_string
+from mesh.errors import ModelNotHere, RemoteError, RuntimeUnavailable, Unimplemented
+
+_UNKNOWN_MODEL = re.compile(r"(model .*not (found|loaded))|(unknown model)", re.IGNORECASE)
+
+
+class RuntimeLink:
+    def __init__(
+        self,
+        address: str,
+        *,
+        method_infos: dict[str, tuple[int, ...]],
+        allow_any_method: bool,
+        tls: TlsFiles | None = None,
+        max_message_bytes: int = 16 << 20,
+    ) -> None:
+        self.address = address
+        self._channel = aio_channel(address, tls=tls, max_message_bytes=max_message_bytes)
+        self._method_infos = {"/" + k.lstrip("/"): v for k, v in method_infos.items()}
+        self._allow_any = allow_any_method or not method_infos
+        self._calls: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    def check_allowed(self, method: str) -> None:
+        if method.startswith("/mmesh.ModelRuntime/"):
+            raise Unimplemented(f"method {method} is not callable through the mesh")
+        if not self._allow_any and method not in self._method_infos:
+            raise Unimplemented(f"method {method} is not supported by the model runtime")
+
+    async def call(
+        self,
+        method: str,
+        payload: bytes,
+        model_id: str,
+        metadata: list[tuple[str, str | bytes]],
+        timeout: float | None,
+    ) -> bytes:
+        call = self._calls.get(method)
+        if call is None:
+            self.check_allowed(method)
+            call = self._channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+            self._calls[method] = call
+        path = self._method_infos.get(method)
+        if path:
+            payload = splice_string(payload, path, model_id)
+        md = list(metadata)
+        if model_id.isascii():
+            md.append((MODEL_ID, model_id))
+        md.append((MODEL_ID_BIN, model_id.encode("utf-8")))
+        try:
+            return await call(payload, metadata=md, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, model_id, self.address) from exc
+
+
+def _translate(exc: grpc.aio.AioRpcError, model_id: str, address: str) -> Exception:
+    code = exc.code()
+    details = exc.details() or ""
+    if code == grpc.StatusCode.NOT_FOUND:
+        return ModelNotHere(model_id, f"runtime {address}")
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAVAILABLE) and _UNKNOWN_MODEL.search(
+        details
+    ):
+        return ModelNotHere(model_id, f"runtime {address}")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return RuntimeUnavailable(f"model runtime unavailable: {details}")
+    return RemoteError(code, details)

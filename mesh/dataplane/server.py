@@ -1,0 +1,115 @@
+"""The pod's external gRPC server: V2 inference (raw bytes, through the Router), management, admin, health.
+
+Inference methods are served by one generic handler with raw-bytes (de)serializers, so the payload is never
+decoded here (deps.md §6). ServerLive/ServerReady/ServerMetadata are answered by the mesh itself; the V2
+repository extension is refused (models are managed through mmesh.ModelMesh). Every error leaves through
+``mesh.errors.to_status`` via ``_raw_handler``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from mesh.dataplane.router import Router
+from mesh.errors import MeshError, Unimplemented, to_status
+from mesh.metrics import MeshMetrics
+from protos.inference import grpc_predict_v2_pb2 as v2
+
+log = logging.getLogger(__name__)
+
+V2_SERVICE = "inference.GRPCInferenceService"
+_LOCAL = {
+    f"/{V2_SERVICE}/ServerLive",
+    f"/{V2_SERVICE}/ServerReady",
+    f"/{V2_SERVICE}/ServerMetadata",
+}
+_REFUSED_PREFIXES = (f"/{V2_SERVICE}/Repository", "/mmesh.ModelRuntime/", "/inference.model_repository.")
+
+
+class InferenceHandler(grpc.GenericRpcHandler):
+    """Routes every unary inference method through the Router, bytes in and bytes out."""
+
+    def __init__(self, router: Router, metrics: MeshMetrics, ready: Callable[[], bool], version: str) -> None:
+        self.router = router
+        self.metrics = metrics
+        self.ready = ready
+        self.version = version
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        handler = self._handlers.get(method)
+        if handler is not None:
+            return handler
+        if method.startswith(("/mmesh.ModelMesh/", "/meshadmin.", "/grpc.health.", "/grpc.reflection.")):
+            return None
+        if method in _LOCAL:
+            fn = self._local_handler(method)
+        elif method.startswith(_REFUSED_PREFIXES):
+            fn = self._refuse(method)
+        else:
+            fn = self._raw_handler(method)
+        handler = grpc.unary_unary_rpc_method_handler(fn, request_deserializer=None, response_serializer=None)
+        self._handlers[method] = handler
+        return handler
+
+    def _raw_handler(self, method: str):
+        router = self.router
+        hist = self.metrics.api_request_seconds
+        short = method.rsplit("/", 1)[-1]
+
+        async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            started = time.perf_counter()
+            code = "OK"
+            try:
+                return await router.handle(
+                    method, request, context.invocation_metadata(), context.time_remaining()
+                )
+            except Exception as exc:
+                status, details = to_status(exc)
+                code = status.name
+                if not isinstance(exc, MeshError):
+                    log.exception("unexpected error routing %s", method)
+                else:
+                    log.debug("request %s failed: %s %s", method, code, details)
+                await context.abort(status, details)
+            finally:
+                hist.labels(short, code).observe(time.perf_counter() - started)
+
+        return handle
+
+    def _local_handler(self, method: str):
+        name = method.rsplit("/", 1)[-1]
+
+        async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            if name == "ServerLive":
+                return v2.ServerLiveResponse(live=True).SerializeToString()
+            if name == "ServerReady":
+                return v2.ServerReadyResponse(ready=self.ready()).SerializeToString()
+            return v2.ServerMetadataResponse(name="modelmesh-py", version=self.version).SerializeToString()
+
+        return handle
+
+    def _refuse(self, method: str):
+        async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            code, details = to_status(
+                Unimplemented(f"{method} is not available through the mesh; use mmesh.ModelMesh")
+            )
+            await context.abort(code, details)
+
+        return handle
+
+
+def add_health(server: grpc.aio.Server) -> health.aio.HealthServicer:
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    return servicer
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -1,0 +1,159 @@
+"""LocalCache: the models held by this pod, as an LRU weighted by model bytes.
+
+Entries are ordered by absolute last-used timestamps (epoch ms), as in ModelMesh's modified CLHM
+(modelmesh.md §4), so a load triggered with a past ``lastUsed`` (e.g. ``loadNow`` registration, or a copy
+moved from another pod) is placed at its true recency and never displaces models used more recently.
+
+Pure bookkeeping, no I/O: ``reserve`` returns the victims to evict and the caller unloads them. A touch on
+the hot path is one attribute store. Finding victims is O(n) over entries, which only happens on a miss.
+Entries that are still loading are never victims.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass, field
+
+from mesh.errors import CapacityExhausted, ModelTooLarge
+
+
+class EntryState(enum.Enum):
+    LOADING = "LOADING"
+    ACTIVE = "ACTIVE"
+
+
+@dataclass(slots=True, eq=False)
+class CacheEntry:
+    model_id: str
+    size: int
+    last_used: int
+    state: EntryState = EntryState.LOADING
+    load_started: int = 0
+    loaded_at: int = 0
+    ready: asyncio.Future | None = None
+    inflight: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self.state is EntryState.ACTIVE
+
+
+class LocalCache:
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: dict[str, CacheEntry] = {}
+        self._used = 0
+
+    # -- reads (hot path)
+    def get(self, model_id: str) -> CacheEntry | None:
+        return self._entries.get(model_id)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, model_id: str) -> bool:
+        return model_id in self._entries
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    @property
+    def free(self) -> int:
+        return max(0, self.capacity - self._used)
+
+    def entries(self) -> list[CacheEntry]:
+        return list(self._entries.values())
+
+    def oldest_last_used(self) -> int | None:
+        return min((e.last_used for e in self._entries.values()), default=None)
+
+    def loading_count(self) -> int:
+        return sum(1 for e in self._entries.values() if e.state is EntryState.LOADING)
+
+    # -- mutations
+    def reserve(
+        self, model_id: str, size: int, last_used: int, now: int
+    ) -> tuple[CacheEntry, list[CacheEntry]]:
+        """Insert a LOADING entry of ``size`` bytes, evicting least recently used ACTIVE entries.
+
+        Returns (entry, victims). The victims are already removed from the cache. Raises ModelTooLarge if
+        ``size`` exceeds the whole capacity, CapacityExhausted if not enough can be evicted (everything else is
+        loading, or more recently used than ``last_used``).
+        """
+        if model_id in self._entries:
+            raise ValueError(f"model {model_id} already in cache")
+        if size > self.capacity:
+            raise ModelTooLarge(model_id, size, self.capacity)
+        victims = self._victims(size, last_used)
+        for v in victims:
+            self._remove(v)
+        entry = CacheEntry(model_id=model_id, size=size, last_used=last_used, load_started=now)
+        self._entries[model_id] = entry
+        self._used += size
+        return entry, victims
+
+    def resize(self, model_id: str, size: int) -> list[CacheEntry]:
+        """Set the measured size of an entry; evicts other LRU entries if the cache is now over capacity."""
+        entry = self._entries[model_id]
+        self._used += size - entry.size
+        entry.size = size
+        over = self._used - self.capacity
+        if over <= 0:
+            return []
+        victims = []
+        for v in sorted(self._evictable(exclude=model_id), key=lambda e: e.last_used):
+            if over <= 0:
+                break
+            victims.append(v)
+            over -= v.size
+        for v in victims:
+            self._remove(v)
+        return victims
+
+    def remove(self, model_id: str) -> CacheEntry | None:
+        entry = self._entries.get(model_id)
+        if entry is not None:
+            self._remove(entry)
+        return entry
+
+    def clear(self) -> list[CacheEntry]:
+        entries = list(self._entries.values())
+        self._entries.clear()
+        self._used = 0
+        return entries
+
+    def set_capacity(self, capacity: int) -> None:
+        self.capacity = capacity
+
+    # -- internals
+    def _remove(self, entry: CacheEntry) -> None:
+        if self._entries.get(entry.model_id) is entry:
+            del self._entries[entry.model_id]
+            self._used -= entry.size
+
+    def _evictable(self, exclude: str | None = None) -> list[CacheEntry]:
+        return [e for e in self._entries.values() if e.state is EntryState.ACTIVE and e.model_id != exclude]
+
+    def _victims(self, size: int, last_used: int) -> list[CacheEntry]:
+        need = size - self.free
+        if need <= 0:
+            return []
+        victims: list[CacheEntry] = []
+        for e in sorted(self._evictable(), key=lambda e: e.last_used):
+            if need <= 0:
+                break
+            if e.last_used > last_used:
+                raise CapacityExhausted(
+                    f"cache is full of models used more recently than this one (needs {size} bytes, "
+                    f"{self.free} free of {self.capacity})"
+                )
+            victims.append(e)
+            need -= e.size
+        if need > 0:
+            raise CapacityExhausted(
+                f"no room for {size} bytes: {self.free} free of {self.capacity}, the rest is loading"
+            )
+        return victims

@@ -1,0 +1,128 @@
+"""RuntimeClient: this pod's client of the ``mmesh.ModelRuntime`` SPI (load, unload, sizes, status).
+
+The one module of the mesh that speaks the runtime SPI. Errors from the runtime are translated through
+mesh.errors so a load failure carries the runtime's own message to the client that triggered it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import grpc
+
+from mesh.channels import TlsFiles, aio_channel
+from mesh.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    ModelLoadFailed,
+    RuntimeUnavailable,
+    from_rpc_error,
+)
+from protos.mmesh import model_runtime_pb2 as rt
+from protos.mmesh import model_runtime_pb2_grpc as rt_grpc
+
+log = logging.getLogger(__name__)
+
+PREDICT_SIZE_TIMEOUT_S = 0.5
+SIZING_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeInfo:
+    capacity: int
+    max_loading_concurrency: int
+    load_timeout_ms: int
+    default_model_size: int
+    version: str
+    method_infos: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    allow_any_method: bool = False
+
+
+class RuntimeClient:
+    def __init__(self, address: str, *, tls: TlsFiles | None = None) -> None:
+        self.address = address
+        self._channel = aio_channel(address, tls=tls)
+        self._stub = rt_grpc.ModelRuntimeStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def status(self, timeout: float = 5.0) -> tuple[int, RuntimeInfo | None]:
+        """One runtimeStatus call: (status enum value, info when READY)."""
+        try:
+            resp = await self._stub.runtimeStatus(rt.RuntimeStatusRequest(), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise RuntimeUnavailable(f"runtime at {self.address} unavailable: {exc.details()}") from exc
+        if resp.status != rt.RuntimeStatusResponse.READY:
+            return resp.status, None
+        info = RuntimeInfo(
+            capacity=resp.capacityInBytes,
+            max_loading_concurrency=max(1, resp.maxLoadingConcurrency),
+            load_timeout_ms=max(100, resp.modelLoadingTimeoutMs or 90_000),
+            default_model_size=max(1, resp.defaultModelSizeInBytes or 1_000_000),
+            version=resp.runtimeVersion,
+            method_infos={k: tuple(v.idInjectionPath) for k, v in resp.methodInfos.items()},
+            allow_any_method=resp.allowAnyMethod,
+        )
+        return resp.status, info
+
+    async def wait_ready(self, timeout_s: float, poll_s: float = 0.5) -> RuntimeInfo:
+        """Poll runtimeStatus until READY (ModelMesh polls every 2 s for up to 180 s)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        last: Exception | None = None
+        while loop.time() < deadline:
+            try:
+                status, info = await self.status()
+                if info is not None:
+                    return info
+                if status == rt.RuntimeStatusResponse.FAILING:
+                    last = RuntimeUnavailable(f"runtime at {self.address} reports FAILING")
+            except RuntimeUnavailable as exc:
+                last = exc
+            await asyncio.sleep(poll_s)
+        raise RuntimeUnavailable(f"runtime at {self.address} not ready after {timeout_s:.0f}s: {last}")
+
+    async def load(self, model_id: str, model_type: str, path: str, key: str, timeout_s: float) -> int:
+        """Load and return the runtime-reported size (0 = unknown). Raises ModelLoadFailed with the cause."""
+        req = rt.LoadModelRequest(modelId=model_id, modelType=model_type, modelPath=path, modelKey=key)
+        try:
+            resp = await self._stub.loadModel(req, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise ModelLoadFailed(model_id, f"load timed out after {timeout_s:.0f}s") from exc
+            if code == grpc.StatusCode.UNAVAILABLE:
+                raise RuntimeUnavailable(f"runtime unavailable during load: {exc.details()}") from exc
+            raise ModelLoadFailed(model_id, exc.details() or code.name) from exc
+        return resp.sizeInBytes
+
+    async def unload(self, model_id: str, timeout_s: float = 60.0) -> None:
+        """Idempotent: NOT_FOUND counts as success."""
+        try:
+            await self._stub.unloadModel(rt.UnloadModelRequest(modelId=model_id), timeout=timeout_s)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return
+            raise from_rpc_error(exc, where="runtime") from exc
+
+    async def predict_size(self, model_id: str, model_type: str, path: str, key: str) -> int | None:
+        req = rt.PredictModelSizeRequest(modelId=model_id, modelType=model_type, modelPath=path, modelKey=key)
+        try:
+            resp = await self._stub.predictModelSize(req, timeout=PREDICT_SIZE_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidRequest(exc.details() or "invalid model") from exc
+            return None
+        return resp.sizeInBytes or None
+
+    async def model_size(self, model_id: str) -> int | None:
+        try:
+            resp = await self._stub.modelSize(rt.ModelSizeRequest(modelId=model_id), timeout=SIZING_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise DeadlineExceeded("modelSize timed out") from exc
+            return None
+        return resp.sizeInBytes or None
