@@ -25,10 +25,12 @@ from mesh.client import MeshClient, MeshClientError
 from mesh.devcluster import REPO_ROOT, LocalCluster, pick_base_port
 
 DEFAULT_MODELS_DIR = REPO_ROOT / "var" / "models"
-# Loaded sizes are measured (RSS delta) by the built-in runtime: the eight samples take about 35-40 MiB in
-# all, the largest single one about 10 MiB (a first load of a type pays for importing its library). Two pods
-# of this capacity hold every model one at a time but not all at once, so the LRU has to evict.
-DEMO_CAPACITY = 24 * 1024 * 1024
+# Loaded sizes are measured by the built-in runtime (RSS delta, floored at the file size), so they vary from run
+# to run: a few MiB for all eight samples, up to ~10 MiB for a first load that imports its library. This
+# capacity holds any one model with room to spare; the demo then fills it with copies of the largest sample
+# (at least its 1.5 MB file each, so at most MAX_FILLERS are needed) until the LRU evicts.
+DEMO_CAPACITY = 12 * 1024 * 1024
+MAX_FILLERS = 40
 
 
 def ensure_samples(models_dir: Path, *, many: int = 0) -> dict[str, Any]:
@@ -104,72 +106,106 @@ def holders(client: MeshClient, model_id: str) -> list[str]:
     return sorted(c["location"] for c in st["copies"] if c["status"] == "LOADED")
 
 
+def infer_row(client: MeshClient, m: dict[str, Any], *, raw: bool = False) -> tuple[bool, str]:
+    """One inference of sample ``m``: (prediction correct?, what to show)."""
+    try:
+        out = client.infer(m["id"], {m["input_name"]: [m["row"]]}, datatype=m["datatype"], raw=raw)
+    except MeshClientError as exc:
+        return False, f"{exc.code}: {exc.message}"[:60]
+    pred = out.get(m["primary"], next(iter(out.values())))
+    return check_outputs(out, m["expected"]), _short(pred)
+
+
+def unloaded(client: MeshClient, ids: list[str]) -> list[str]:
+    """Models among ``ids`` that have no copy loaded or loading any more."""
+    st = {m["model_id"]: m for m in client.cluster_status()["models"]}
+    return [i for i in ids if i in st and not st[i]["loaded_on"] and not st[i]["loading_on"]]
+
+
+def fill_until_eviction(
+    clients: list[MeshClient], big: dict[str, Any], watched: list[str]
+) -> tuple[int, list[str]]:
+    """Register and use copies of the largest sample under new ids until the LRU evicts a watched model.
+    Loaded sizes are at least the file size, so the cluster's capacity must run out: the loop ends."""
+    for n in range(1, MAX_FILLERS + 1):
+        filler = dict(big, id=f"{big['id']}-fill{n}")
+        clients[0].register(filler["id"], filler["type"], filler["path"])
+        ok, shown = infer_row(clients[n % len(clients)], filler)
+        if not ok:
+            raise RuntimeError(f"filler {filler['id']} failed: {shown}")
+        gone = unloaded(clients[0], watched)
+        if gone:
+            return n, gone
+    return MAX_FILLERS, []
+
+
 def run_demo(models_dir: Path, capacity: int | None, pods: int, port: int) -> int:
-    manifest = ensure_samples(models_dir)
-    models = sample_entries(manifest)
+    models = sample_entries(ensure_samples(models_dir))
     if not models:
         print("error: NOT_FOUND: the sample manifest lists no models", file=sys.stderr)
         return 1
-    if capacity is None:
-        capacity = DEMO_CAPACITY
+    capacity = capacity or DEMO_CAPACITY
     base = pick_base_port(port, pods)
     started = time.monotonic()
     print(f"starting {pods} pods on 127.0.0.1:{base}.. (capacity {human_bytes(capacity)} each)", flush=True)
+    failures = 0
     with LocalCluster(pods=pods, base_port=base, capacity=capacity, models_dir=models_dir) as cluster:
-        addrs = cluster.addresses
         for pod in cluster.pods:
             print(f"  pod-{pod.index}: {pod.address}")
         print(
             f"cluster ready in {time.monotonic() - started:.1f}s; registering {len(models)} models",
             flush=True,
         )
-        clients = [MeshClient(a, timeout=60) for a in addrs]
+        clients = [MeshClient(a, timeout=60) for a in cluster.addresses]
         try:
+            # 1. Register everything (the first with loadNow), then one inference each, pods in turn.
             for i, m in enumerate(models):
                 clients[0].register(m["id"], m["type"], m["path"], load_now=(i == 0), sync=(i == 0))
-            rows, failures = [], 0
+            rows = []
             for i, m in enumerate(models):
                 c = clients[i % len(clients)]
-                try:
-                    out = c.infer(
-                        m["id"], {m["input_name"]: [m["row"]]}, datatype=m["datatype"], raw=(i % 2 == 1)
-                    )
-                    ok = check_outputs(out, m["expected"])
-                    pred = out.get(m["primary"], next(iter(out.values())))
-                    shown = _short(pred)
-                except MeshClientError as exc:
-                    ok, shown = False, f"{exc.code}: {exc.message}"[:60]
+                ok, shown = infer_row(c, m, raw=(i % 2 == 1))
                 failures += not ok
-                where = ",".join(holders(c, m["id"])) or "-"
+                expected = _short(m["expected"][m["primary"]])
+                held = ",".join(holders(c, m["id"])) or "-"
                 rows.append(
                     (
                         m["id"],
                         m["type"],
                         f"pod-{i % len(clients)}",
-                        where,
+                        held,
                         shown,
-                        _short(m["expected"][m["primary"]]),
+                        expected,
                         "OK" if ok else "FAIL",
                     )
                 )
             print()
             print(format_table(("MODEL", "TYPE", "ASKED", "HELD BY", "PREDICTION", "EXPECTED", "OK"), rows))
-            st = clients[0].cluster_status()
-            evicted = [
-                m["model_id"] for m in st["models"] if m["status"] == "NOT_LOADED" and m["last_used_ms"] > 0
-            ]
-            print()
-            print(format_cluster_status(st))
-            print()
+
+            # 2. Fill the caches with copies of the largest model until the LRU evicts one of the samples.
+            big = max(models, key=lambda m: m["disk_size_bytes"])
             print(
-                f"evicted since use (LRU, capacity {human_bytes(capacity)}/pod): {', '.join(evicted) or 'none'}"
+                f"\nfilling the caches with copies of {big['id']} until the LRU evicts a sample …", flush=True
             )
+            fillers, evicted = fill_until_eviction(clients, big, [m["id"] for m in models])
+            if not evicted:
+                print(f"no eviction after {fillers} fillers (capacity too large for this demo?)")
+            else:
+                print(f"after {fillers} filler model(s), evicted: {', '.join(evicted)}")
+                # 3. An evicted model is loaded again on demand and still answers correctly.
+                for mid in evicted:
+                    m = next(x for x in models if x["id"] == mid)
+                    ok, shown = infer_row(clients[-1], m)
+                    failures += not ok
+                    held = ",".join(holders(clients[0], mid)) or "-"
+                    print(f"  re-inferred {mid}: {shown} on {held}: {'OK' if ok else 'FAIL'}")
+            print()
+            print(format_cluster_status(clients[0].cluster_status()))
         finally:
             for c in clients:
                 c.close()
-    elapsed = time.monotonic() - started
-    verdict = "all predictions correct" if failures == 0 else f"{failures} of {len(models)} FAILED"
-    print(f"\n{verdict}; cluster stopped; {elapsed:.1f}s in all")
+    verdict = "all predictions correct" if failures == 0 else f"{failures} predictions FAILED"
+    print(f"\n{verdict}; cluster stopped; {time.monotonic() - started:.1f}s in all")
     return 0 if failures == 0 else 1
 
 

@@ -14,6 +14,7 @@ start raises ``ClusterStartError`` with the tail of its log.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shlex
 import shutil
@@ -22,6 +23,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,7 +45,9 @@ class ClusterStartError(RuntimeError):
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when nothing listens on ``port`` (connections in TIME_WAIT do not count)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -66,6 +70,29 @@ def pick_base_port(preferred: int, count: int) -> int:
         if base + count < 65535 and all(port_is_free(base + i) for i in range(count)):
             return base
     raise ClusterStartError(f"no {count} consecutive free ports found")
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    if sys.platform != "linux":
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()  # loaded here, not in the forked child, where imports are unsafe
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): get SIGTERM when the process that started us dies, even by SIGKILL,
+    so a killed ``mesh up`` or test run does not leave pods behind (they then stop their runtimes)."""
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def health_serving(address: str, timeout: float = 1.0) -> bool:
@@ -324,6 +351,9 @@ class LocalCluster:
                 env=self._env(),
                 cwd=str(REPO_ROOT),
                 start_new_session=True,  # own process group: a stray runtime is killed with it
+                # The parent-death signal fires when the *thread* that forked exits: only arm it from the
+                # main thread (mesh up, the demo, tests), where that means the process.
+                preexec_fn=_die_with_parent if _LIBC is not None and _on_main_thread() else None,
             )
         pod = PodProcess(
             index, f"pod-{index}", f"127.0.0.1:{port}", runtime_port, metrics_port, log_path, proc

@@ -85,9 +85,13 @@ def test_up_then_sigterm_leaves_no_process(tmp_path):
         _, alive = psutil.wait_procs(descendants, timeout=10)
         assert _alive(alive) == [], [" ".join(p.cmdline()) for p in _alive(alive)]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # a failed assertion above: let mesh up clean up, then insist
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def test_up_start_failure_cleans_up(tmp_path):
