@@ -145,7 +145,7 @@ class Election:
                 # Read, then watch from the read's revision: no change to the key can fall in between.
                 entry, revision = await self._kv.get_with_revision(self.key)
                 if entry is None:
-                    await self._campaign()
+                    await self._try_campaign()
                 else:
                     self._set_from(entry)
                 async for batch in self._kv.watch_prefix(self.key, revision + 1):

@@ -10,7 +10,7 @@ from mesh.kv.session import Session
 
 async def _eventually(predicate) -> None:
     async with asyncio.timeout(15):
-        while not predicate():  # noqa: ASYNC110 - polls state that has no event to wait on
+        while not predicate():
             await asyncio.sleep(0.02)
 
 

@@ -23,7 +23,7 @@ def _bump(rec: ModelRecord | None) -> ModelRecord:
 
 async def _eventually(predicate) -> None:
     async with asyncio.timeout(10):
-        while not predicate():  # noqa: ASYNC110 - polls state that has no event to wait on
+        while not predicate():
             await asyncio.sleep(0.01)
 
 

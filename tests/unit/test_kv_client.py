@@ -50,7 +50,7 @@ def test_endpoints_and_repr_hide_credentials():
         KvClient("h:1", username="only-user")
 
 
-def test_tls_config_builds_a_secure_channel(tmp_path, monkeypatch):
+async def test_tls_config_builds_a_secure_channel(tmp_path, monkeypatch):
     for name in ("ca", "cert", "key"):
         (tmp_path / name).write_bytes(b"-----BEGIN CERTIFICATE-----\n")
     tls = EtcdTls(
