@@ -365,6 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return pod_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "up":
+        from mesh.devcluster import disable_grpc_fork_handlers
+
+        disable_grpc_fork_handlers()
         return run_up(args)
     from mesh.client import MeshClientError
 

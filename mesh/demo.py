@@ -22,7 +22,7 @@ import numpy as np
 
 from mesh.cli import format_cluster_status, format_table, human_bytes
 from mesh.client import MeshClient, MeshClientError
-from mesh.devcluster import REPO_ROOT, LocalCluster, pick_base_port
+from mesh.devcluster import REPO_ROOT, LocalCluster, disable_grpc_fork_handlers, pick_base_port
 
 DEFAULT_MODELS_DIR = REPO_ROOT / "var" / "models"
 # Loaded sizes are measured by the built-in runtime (RSS delta, floored at the file size), so they vary from run
@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pods", type=int, default=2)
     p.add_argument("--port", type=int, default=8033, help="first pod's port if free (else free ports)")
     args = p.parse_args(argv)
+    disable_grpc_fork_handlers()  # we fork only to exec pods
     try:
         return run_demo(Path(args.models_dir).resolve(), args.capacity, args.pods, args.port)
     except KeyboardInterrupt:

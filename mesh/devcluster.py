@@ -38,6 +38,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BASE_PORT = 8033
 DEFAULT_CAPACITY = 512 * 1024 * 1024
 DEFAULT_KV_ROOT = "/mm/local/"
+GRPC_FORK_ENV = "GRPC_ENABLE_FORK_SUPPORT"
+
+
+def disable_grpc_fork_handlers() -> None:
+    """For processes that fork only to exec (``mesh up``, the demo): call before gRPC starts."""
+    os.environ.setdefault(GRPC_FORK_ENV, "0")
 
 
 class ClusterStartError(RuntimeError):
@@ -329,6 +335,10 @@ class LocalCluster:
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
+        # Pods only fork to exec their runtime. gRPC's fork handlers are then useless and unsafe: with other
+        # threads inside gRPC they are skipped or crash the child (seen: runtime exits with SIGSEGV right
+        # after "skipping fork() handlers"; grpc/grpc#29044, #22624). Disabling them is gRPC's advice.
+        env.setdefault(GRPC_FORK_ENV, "0")
         paths = [str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
         env["PYTHONPATH"] = os.pathsep.join(paths)
         env.update(self.extra_env)
