@@ -1,0 +1,1 @@
+"""MLServer behind the mmesh.ModelRuntime SPI: ``python -m runtime_adapters.mlserver`` (see ``adapter.py``)."""
