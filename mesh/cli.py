@@ -149,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--models-dir", default="var/models", help="root of local model paths (default var/models)"
     )
     up.add_argument("--etcd", default=None, help="use this etcd host:port instead of an embedded one")
-    up.add_argument("--runtime", choices=["builtin"], default="builtin", help="runtime beside each pod")
+    up.add_argument(
+        "--runtime", choices=["builtin", "mlserver"], default="builtin", help="runtime beside each pod"
+    )
     up.add_argument("--storage-config", default=None, help="storage-config JSON file for the puller")
     up.add_argument("--data-dir", default=".mesh", help="pod logs and runtime model dirs (default .mesh)")
     up.add_argument("--kv-root", default="/mm/local/", help="etcd key prefix of this cluster")

@@ -38,6 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BASE_PORT = 8033
 DEFAULT_CAPACITY = 512 * 1024 * 1024
 DEFAULT_KV_ROOT = "/mm/local/"
+RUNTIMES = ("builtin", "mlserver")  # mlserver: runtime_adapters.mlserver starting MLServer (.venv-mlserver)
 GRPC_FORK_ENV = "GRPC_ENABLE_FORK_SUPPORT"
 
 
@@ -173,8 +174,10 @@ class LocalCluster:
     ) -> None:
         if pods < 1:
             raise ValueError("pods must be >= 1")
-        if runtime != "builtin":
-            raise ValueError(f"unknown runtime {runtime!r} (only 'builtin' is supported by LocalCluster)")
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r} (one of {', '.join(RUNTIMES)})")
+        self.runtime = runtime
+        self._serving_ports: dict[int, int] = {}  # pod index -> MLServer's gRPC port (runtime "mlserver")
         self.pod_count = pods
         self.base_port = base_port
         self.capacity = capacity
@@ -287,11 +290,17 @@ class LocalCluster:
         self._etcd.start()
         self.etcd_endpoint = self._etcd.endpoint
 
+    def serving_port(self, index: int) -> int | None:
+        """Where pod ``index`` sends inference when it is not the runtime port (MLServer's own gRPC port)."""
+        if self.runtime != "mlserver":
+            return None
+        return self._serving_ports.setdefault(index, free_port())
+
     def runtime_cmd(self, index: int, runtime_port: int) -> list[str]:
         cmd = [
             self.python,
             "-m",
-            "runtime_adapters.builtin",
+            f"runtime_adapters.{self.runtime}",
             "--host",
             "127.0.0.1",
             "--port",
@@ -305,6 +314,8 @@ class LocalCluster:
         ]
         if self.storage_config:
             cmd += ["--storage-config", self.storage_config]
+        if self.runtime == "mlserver":
+            cmd += ["--start-mlserver", "--mlserver-grpc", f"127.0.0.1:{self.serving_port(index)}"]
         return cmd
 
     def pod_cmd(self, index: int, port: int, runtime_port: int, metrics_port: int) -> list[str]:
@@ -329,6 +340,11 @@ class LocalCluster:
             f"127.0.0.1:{runtime_port}",
             "--runtime-cmd",
             shlex.join(self.runtime_cmd(index, runtime_port)),
+            *(
+                ["--serving-address", f"127.0.0.1:{self.serving_port(index)}"]
+                if self.serving_port(index)
+                else []
+            ),
             *self.pod_args,
         ]
 
