@@ -276,7 +276,7 @@ class LocalCluster:
         self.pods = []
         if self._etcd is not None:
             with contextlib.suppress(Exception):
-                self._etcd.stop()
+                self._etcd.close()
             self._etcd = None
         if self._own_data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)

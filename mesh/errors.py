@@ -69,9 +69,7 @@ class ModelTooLarge(MeshError):
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
     def __init__(self, model_id: str, size: int, capacity: int) -> None:
-        super().__init__(
-            f"model '{model_id}' needs {size} bytes but the cache capacity is {capacity} bytes"
-        )
+        super().__init__(f"model '{model_id}' needs {size} bytes but the cache capacity is {capacity} bytes")
         self.model_id = model_id
 
 

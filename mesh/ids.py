@@ -29,7 +29,7 @@ def check_id(value: str, *, what: str = "model id") -> str:
         raise InvalidRequest(f"{what} is too long ({len(value)} > {MAX_ID_LENGTH} characters)")
     if "/" in value:
         raise InvalidRequest(f"{what} '{_printable(value)}' must not contain '/'")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in value):
         raise InvalidRequest(f"{what} '{_printable(value)}' must not contain control characters")
     if value != value.strip():
         raise InvalidRequest(f"{what} '{value}' must not start or end with whitespace")

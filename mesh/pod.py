@@ -12,6 +12,11 @@ registry, the server drains, the lease is revoked, the runtime is stopped.
 
 from __future__ import annotations
 
+import os
+
+# The pod forks only to exec its runtime; gRPC's fork handlers can crash such a child (grpc/grpc#29044).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
 import argparse
 import asyncio
 import contextlib

@@ -28,15 +28,21 @@ def _opt(default: Any, env: str | None, doc: str, *, flag: str | None = None) ->
 @dataclass(frozen=True)
 class MeshSettings:
     # --- identity and listeners
-    instance_id: str = _opt("", "MM_INSTANCE_ID", "This pod's id (default: last 12 chars of HOSTNAME + suffix).")
+    instance_id: str = _opt(
+        "", "MM_INSTANCE_ID", "This pod's id (default: last 12 chars of HOSTNAME + suffix)."
+    )
     host: str = _opt("0.0.0.0", "MM_SVC_GRPC_HOST", "Address the external gRPC server binds.")
     port: int = _opt(8033, "MM_SVC_GRPC_PORT", "External gRPC port: management + V2 inference + health.")
     advertise_address: str = _opt(
-        "", "MM_ADVERTISE_ADDRESS", "host:port peers use to reach this pod (default: MM_LOCATION or host, and port)."
+        "",
+        "MM_ADVERTISE_ADDRESS",
+        "host:port peers use to reach this pod (default: MM_LOCATION or host, and port).",
     )
     metrics_port: int = _opt(2112, "MM_METRICS_PORT", "Prometheus metrics HTTP port (0 disables).")
     max_message_bytes: int = _opt(16 * 1024 * 1024, "MM_SVC_GRPC_MAX_MSG_SIZE", "Max gRPC message size.")
-    tls_cert: str = _opt("", "MM_TLS_KEY_CERT_PATH", "PEM certificate for the external listener (enables TLS).")
+    tls_cert: str = _opt(
+        "", "MM_TLS_KEY_CERT_PATH", "PEM certificate for the external listener (enables TLS)."
+    )
     tls_key: str = _opt("", "MM_TLS_PRIVATE_KEY_PATH", "PEM private key for the external listener.")
     tls_ca: str = _opt("", "MM_TLS_CA_PATH", "CA bundle to verify peers (pod-to-pod forwarding over TLS).")
     # --- cluster placement attributes
@@ -44,15 +50,21 @@ class MeshSettings:
     location: str = _opt("", "MM_LOCATION", "Node address/location published in the instance record.")
     labels: list[str] = _opt([], "MM_LABELS", "Comma-separated placement labels of this pod.")
     type_constraints: str = _opt(
-        "", "MM_TYPE_CONSTRAINTS", 'JSON {"<type>": {"required": [...], "preferred": [...]}, "_default": {...}}.'
+        "",
+        "MM_TYPE_CONSTRAINTS",
+        'JSON {"<type>": {"required": [...], "preferred": [...]}, "_default": {...}}.',
     )
     # --- etcd
-    etcd_endpoints: list[str] = _opt(["127.0.0.1:2379"], "MM_ETCD_ENDPOINTS", "etcd host:port list.", flag="etcd")
+    etcd_endpoints: list[str] = _opt(
+        ["127.0.0.1:2379"], "MM_ETCD_ENDPOINTS", "etcd host:port list.", flag="etcd"
+    )
     kv_root: str = _opt("/mm/default/", "MM_KVSTORE_PREFIX", "Root key prefix of this mesh cluster in etcd.")
     etcd_ca: str = _opt("", "MM_ETCD_CA_PATH", "CA bundle for TLS to etcd.")
     etcd_cert: str = _opt("", "MM_ETCD_CERT_PATH", "Client certificate for TLS to etcd.")
     etcd_key: str = _opt("", "MM_ETCD_KEY_PATH", "Client key for TLS to etcd.")
-    etcd_timeout_s: float = _opt(3.0, "MM_ETCD_TIMEOUT_S", "Timeout of one etcd call; management fails fast after.")
+    etcd_timeout_s: float = _opt(
+        3.0, "MM_ETCD_TIMEOUT_S", "Timeout of one etcd call; management fails fast after."
+    )
     lease_ttl_s: int = _opt(10, "MM_LEASE_TTL_S", "TTL of this pod's etcd lease (instance record liveness).")
     # --- runtime
     runtime_address: str = _opt(
@@ -65,16 +77,32 @@ class MeshSettings:
         "", "MM_RUNTIME_CMD", "Command line of a runtime process this pod starts and supervises (optional)."
     )
     runtime_startup_timeout_s: float = _opt(180.0, "MM_RUNTIME_STARTUP_TIMEOUT_S", "Wait for runtime READY.")
-    capacity_bytes: int = _opt(0, "MM_CAPACITY_BYTES", "Override the runtime-reported cache capacity (0 = use runtime's).")
-    default_model_size: int = _opt(0, "MM_DEFAULT_MODEL_SIZE", "Override the default predicted size (0 = runtime's).")
-    load_timeout_ms: int = _opt(0, "MM_LOAD_TIMEOUT_MS", "Override the runtime's load timeout (0 = runtime's).")
+    capacity_bytes: int = _opt(
+        0, "MM_CAPACITY_BYTES", "Override the runtime-reported cache capacity (0 = use runtime's)."
+    )
+    default_model_size: int = _opt(
+        0, "MM_DEFAULT_MODEL_SIZE", "Override the default predicted size (0 = runtime's)."
+    )
+    load_timeout_ms: int = _opt(
+        0, "MM_LOAD_TIMEOUT_MS", "Override the runtime's load timeout (0 = runtime's)."
+    )
     # --- behaviour
-    scaleup_rpm_threshold: int = _opt(2000, "MM_SCALEUP_RPM_THRESHOLD", "Per-copy requests/min that add a copy.")
-    load_failure_expiry_ms: int = _opt(900_000, "MM_LOAD_FAILURE_EXPIRY_TIME_MS", "Expiry of load-failure records.")
-    max_load_failures: int = _opt(3, "MM_MAX_LOAD_FAILURES", "Recent failures after which a model is LOADING_FAILED.")
+    scaleup_rpm_threshold: int = _opt(
+        2000, "MM_SCALEUP_RPM_THRESHOLD", "Per-copy requests/min that add a copy."
+    )
+    load_failure_expiry_ms: int = _opt(
+        900_000, "MM_LOAD_FAILURE_EXPIRY_TIME_MS", "Expiry of load-failure records."
+    )
+    max_load_failures: int = _opt(
+        3, "MM_MAX_LOAD_FAILURES", "Recent failures after which a model is LOADING_FAILED."
+    )
     max_hops: int = _opt(4, "MM_MAX_HOPS", "Max pod-to-pod forwards of one request.")
-    idle_unload_s: float = _opt(0.0, "MM_IDLE_UNLOAD_S", "Unload copies unused this long (0 = only evict for space).")
-    janitor_interval_s: float = _opt(30.0, "MM_JANITOR_INTERVAL_S", "Local cache vs registry reconciliation period.")
+    idle_unload_s: float = _opt(
+        0.0, "MM_IDLE_UNLOAD_S", "Unload copies unused this long (0 = only evict for space)."
+    )
+    janitor_interval_s: float = _opt(
+        30.0, "MM_JANITOR_INTERVAL_S", "Local cache vs registry reconciliation period."
+    )
     publish_interval_s: float = _opt(5.0, "MM_PUBLISH_INTERVAL_S", "Instance-record check period (batched).")
     request_timeout_s: float = _opt(60.0, "MM_REQUEST_TIMEOUT_S", "Default deadline of a routed request.")
     shutdown_timeout_s: float = _opt(30.0, "SHUTDOWN_TIMEOUT_S", "Graceful shutdown budget (SIGTERM).")
@@ -103,8 +131,12 @@ def _convert(f: dataclasses.Field, value: Any) -> Any:
             return [v.strip() for v in value.split(",") if v.strip()]
         return list(value)
     if kind == "int":
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(f"not an integer: {value!r}")
         return int(value)
     if kind == "float":
+        if isinstance(value, bool):
+            raise ValueError(f"not a number: {value!r}")
         return float(value)
     if kind == "bool":
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
@@ -136,7 +168,12 @@ def load_settings(
     values: dict[str, Any] = {}
     config_path = (getattr(args, "config", None) if args else None) or env.get("MM_CONFIG_FILE")
     if config_path:
-        data = json.loads(Path(config_path).read_text())
+        try:
+            data = json.loads(Path(config_path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read config file {config_path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {config_path} must hold a JSON object of settings")
         unknown = set(data) - {f.name for f in _fields()}
         if unknown:
             raise ValueError(f"unknown settings in {config_path}: {', '.join(sorted(unknown))}")
@@ -155,6 +192,8 @@ def load_settings(
     converted = {}
     by_name = {f.name: f for f in _fields()}
     for k, v in values.items():
+        if k not in by_name:
+            raise ValueError(f"unknown setting {k!r}")
         try:
             converted[k] = _convert(by_name[k], v)
         except (TypeError, ValueError) as exc:
@@ -167,5 +206,7 @@ def describe() -> Sequence[tuple[str, str, str, str]]:
     rows = []
     for f in _fields():
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        rows.append((f.name, flag_name(f), f.metadata.get("env") or "", f"{f.metadata['doc']} Default: {default!r}"))
+        rows.append(
+            (f.name, flag_name(f), f.metadata.get("env") or "", f"{f.metadata['doc']} Default: {default!r}")
+        )
     return rows

@@ -3,7 +3,7 @@
 The record is rebuilt from the local cache and request stats and written in batches, never per request:
 checked every ``interval_s`` and soon after a load/eviction (``poke``), at most once per ``min_period_s``,
 and skipped unless something significant changed (after ModelMesh's thresholds, modelmesh.md §2: shutdown
-flag, capacity ≥2 %, used ≥20 % or a model's worth, count ≥10 % or any change while small, loads in progress
+flag, capacity ≥2 %, used ≥20 %, count ≥10 % or any change while small, loads in progress
 to/from 0 or by ≥3, rpm ≥100 or >10 %, LRU moved ≥20 s and ≥1/16 of its age) or nothing was written for
 4 intervals. After a new lease the record is re-put at once.
 """

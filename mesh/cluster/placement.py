@@ -7,8 +7,8 @@ Order of preference, after ModelMesh's PLACEMENT_ORDER (modelmesh.md §3.2), sim
   4. among pods with room: fewer models, then more free space;
   5. then fewer loads in progress, then lower request rate.
 A shortlist of near-equal pods is kept (full: LRU within max(45 s, 10 % of the best's age); with room:
-free ≥ ¼ of the best's and count ≤ max(10, 1.25 × best's)), pods carrying the type's preferred labels win,
-busy pods (rpm > 3 × the quietest's, once that is ≥ 100) are dropped, and one is chosen at random, so that
+free ≥ ¼ of the best's and count ≤ max(10, 1.25 × best's); ModelMesh: count < 10 or ≤ 1.25×), pods carrying the type's preferred labels win,
+busy pods (rpm ≥ 100 and > 3 × max(100, the quietest's rpm)) are dropped, and one is chosen at random, so that
 concurrent misses spread instead of piling onto one pod whose published record is a few seconds old.
 """
 
@@ -115,9 +115,10 @@ def choose_load_target(
     if rule.preferred:
         preferred = [i for i in shortlist if rule.preferred & set(candidates[i].labels)]
         shortlist = preferred or shortlist
-    quietest = min(candidates[i].rpm for i in shortlist)
-    if quietest >= 100:
-        shortlist = [i for i in shortlist if candidates[i].rpm <= 3 * quietest] or shortlist
+    min_load = max(100, min(candidates[i].rpm for i in shortlist))
+    shortlist = [
+        i for i in shortlist if candidates[i].rpm < 100 or candidates[i].rpm <= 3 * min_load
+    ] or shortlist
     return rng.choice(shortlist)
 
 

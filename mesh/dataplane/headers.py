@@ -78,6 +78,8 @@ def parse_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> Reques
             info.passthrough.append((key, value))
     if len(set(model_ids)) > 1:
         raise InvalidRequest("multi-model requests (several mm-model-id values) are not supported")
+    if len(set(vmodel_ids)) > 1:
+        raise InvalidRequest("several distinct mm-vmodel-id values in one request are not supported")
     if model_ids and vmodel_ids:
         raise InvalidRequest("request must not include both mm-model-id and mm-vmodel-id headers")
     if model_ids:
@@ -198,8 +200,9 @@ def _length_delimited(number: int, value: bytes) -> bytes:
 def splice_string(buf: bytes, path: Sequence[int], value: str) -> bytes:
     """Return ``buf`` with the string at field path ``path`` set to ``value`` (ModelMesh idInjectionPath).
 
-    Top-level occurrences of the field are removed and one new field is prepended; for nested paths the
-    enclosing message (last occurrence) is rewritten recursively. Everything else is copied byte for byte.
+    For a top-level field every occurrence is removed and one new field is prepended; for a nested path the
+    last occurrence of the enclosing message is rewritten in place, recursively. Everything else is copied
+    byte for byte.
     """
     if not path:
         return buf
@@ -207,12 +210,9 @@ def splice_string(buf: bytes, path: Sequence[int], value: str) -> bytes:
     if len(path) == 1:
         kept = [buf[s:e] for num, _, s, e in _fields(buf) if num != number]
         return _length_delimited(number, value.encode("utf-8")) + b"".join(kept)
-    parts: list[bytes] = []
-    inner = b""
-    for num, wire, s, e in _fields(buf):
-        if num == number and wire == 2:
-            vs, ve = _value_span(buf, s)
-            inner = buf[vs:ve]  # last occurrence wins; earlier ones are merged by parsers, we keep the last
-        else:
-            parts.append(buf[s:e])
-    return _length_delimited(number, splice_string(inner, path[1:], value)) + b"".join(parts)
+    spans = [(s, e) for num, wire, s, e in _fields(buf) if num == number and wire == 2]
+    if not spans:
+        return buf + _length_delimited(number, splice_string(b"", path[1:], value))
+    start, end = spans[-1]  # rewrite the last occurrence in place; every other byte is kept
+    vs, ve = _value_span(buf, start)
+    return buf[:start] + _length_delimited(number, splice_string(buf[vs:ve], path[1:], value)) + buf[end:]

@@ -66,11 +66,6 @@ def test_several_distinct_model_ids_rejected() -> None:
         parse_metadata([("mm-model-id", "a"), ("mm-model-id-bin", b"b")])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="BUG headers.py parse_metadata: distinct mm-vmodel-id values are not rejected (first one wins)",
-)
 def test_several_distinct_vmodel_ids_rejected() -> None:
     with pytest.raises(InvalidRequest):
         parse_metadata([("mm-vmodel-id", "a"), ("mm-vmodel-id", "b")])
@@ -363,12 +358,6 @@ def test_splice_nested_creates_missing_message() -> None:
     assert after.model_name == "m"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG headers.py splice_string: nested path drops all but the last occurrence of a repeated "
-    "field (inputs) and moves it to the front",
-)
 def test_splice_nested_keeps_other_repeated_elements() -> None:
     rng = random.Random(8)
     buf = _request(rng, name="top", n_inputs=3)

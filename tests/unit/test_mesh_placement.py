@@ -183,12 +183,6 @@ def test_choose_load_target(instances, kwargs, expected) -> None:
     assert outcomes(instances, **kwargs) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG placement.py choose_load_target: busy filter uses min rpm instead of max(100, min rpm) "
-    "(modelmesh.md §3.2 minLoad), so a 1000-rpm pod is kept next to idle pods",
-)
 def test_busy_pod_dropped_next_to_idle_pods() -> None:
     assert outcomes({"idle": pod(rpm=0), "idle2": pod(rpm=10), "busy": pod(rpm=1_000)}) == {"idle", "idle2"}
 

@@ -1,0 +1,85 @@
+"""Test harness for mesh integration tests: a LocalCluster on the session's etcd with a unique key root,
+plus fault injection (SIGKILL or SIGTERM one pod, restart it on the same port and id) and helpers to read a
+pod's Prometheus metrics and call its runtime directly."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+
+from mesh.client import MeshClient
+from mesh.devcluster import LocalCluster, free_port, log_tail
+from protos.inference import grpc_predict_v2_pb2 as v2
+from protos.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+
+FAST_POD_ARGS = ("--lease-ttl-s", "3", "--publish-interval-s", "1", "--janitor-interval-s", "2")
+
+
+class MeshTestCluster(LocalCluster):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("base_port", 0)
+        kwargs.setdefault("startup_timeout", 90.0)
+        super().__init__(*args, **kwargs)
+
+    def client(self, index: int = 0) -> MeshClient:
+        return MeshClient(self.pods[index].address)
+
+    def metric(self, index: int, name: str, labels: str = "") -> float:
+        """Sum of samples of ``name`` (optionally filtered by a label substring) on pod ``index``."""
+        url = f"http://127.0.0.1:{self.pods[index].metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and (line[len(name)] in " {") and labels in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def runtime_ready(self, index: int, model_id: str) -> bool:
+        """Ask pod ``index``'s runtime directly whether it holds ``model_id``."""
+        with grpc.insecure_channel(self.runtime_addresses[index]) as ch:
+            stub = v2_grpc.GRPCInferenceServiceStub(ch)
+            return stub.ModelReady(v2.ModelReadyRequest(name=model_id), timeout=5).ready
+
+    def kill(self, index: int, sig: int = signal.SIGKILL) -> None:
+        pod = self.pods[index]
+        pod.remember_descendants()
+        with contextlib.suppress(ProcessLookupError):
+            pod.proc.send_signal(sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            pod.proc.wait(timeout=40)
+        self._kill_leftovers(pod)
+
+    def restart(self, index: int) -> None:
+        """Start pod ``index`` again with the same id and port (after kill())."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                self.pods[index] = self._spawn_pod(index)
+                break
+            except Exception:
+                time.sleep(0.2)
+        self.wait_ready()
+
+    def log(self, index: int) -> str:
+        return log_tail(Path(self.pods[index].log_path), 200)
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+__all__ = ["FAST_POD_ARGS", "MeshTestCluster", "free_port", "wait_for"]
