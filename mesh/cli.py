@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--key", default="", help="storage key JSON (which storage-config entry, bucket, …)")
     sp.add_argument("--load-now", action="store_true", help="load a copy right away")
     sp.add_argument("--sync", action="store_true", help="with --load-now: return once loaded (or failed)")
+    sp.add_argument("--min-copies", type=int, default=0, help="keep at least this many copies loaded")
+    sp.add_argument("--max-copies", type=int, default=0, help="never scale above this many copies")
 
     cmd("unregister", "unregister a model (unloads every copy)").add_argument("model_id")
 
@@ -247,7 +249,16 @@ def _run_client_command(args: argparse.Namespace) -> int:
         match args.command:
             case "register":
                 _print_json(
-                    c.register(args.model_id, args.model_type, args.path, args.key, args.load_now, args.sync)
+                    c.register(
+                        args.model_id,
+                        args.model_type,
+                        args.path,
+                        args.key,
+                        args.load_now,
+                        args.sync,
+                        min_copies=args.min_copies,
+                        max_copies=args.max_copies,
+                    )
                 )
             case "unregister":
                 c.unregister(args.model_id)

@@ -333,15 +333,25 @@ class MeshClient:
         key: str = "",
         load_now: bool = False,
         sync: bool = False,
+        *,
+        min_copies: int = 0,
+        max_copies: int = 0,
     ) -> dict[str, Any]:
+        """Register a model. ``min_copies``/``max_copies`` (0 = default) bound how many copies the mesh
+        keeps; they travel as the ``mm-min-copies``/``mm-max-copies`` headers (a mesh extension)."""
         req = mm.RegisterModelRequest(
             modelId=model_id,
             modelInfo=mm.ModelInfo(type=model_type, path=path, key=key),
             loadNow=load_now,
             sync=sync,
         )
+        md = []
+        if min_copies:
+            md.append(("mm-min-copies", str(min_copies)))
+        if max_copies:
+            md.append(("mm-max-copies", str(max_copies)))
         with self._call():
-            return model_status_dict(self._mm.registerModel(req, timeout=self.timeout))
+            return model_status_dict(self._mm.registerModel(req, metadata=md, timeout=self.timeout))
 
     def unregister(self, model_id: str) -> None:
         with self._call():

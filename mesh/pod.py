@@ -37,6 +37,7 @@ from mesh.cluster.janitor import Janitor, Reaper
 from mesh.cluster.placement import TypeConstraints
 from mesh.cluster.placer import Placer
 from mesh.cluster.registry import Registry
+from mesh.cluster.scaling import CopyScaler
 from mesh.cluster.view import ClusterView
 from mesh.cluster.vmodels import VModels
 from mesh.dataplane.forwarder import PeerLinks
@@ -62,7 +63,6 @@ from protos.meshadmin import admin_pb2_grpc
 
 log = logging.getLogger("mesh.pod")
 
-STATS_TICK_S = 10.0
 MIGRATION_CUTOFF_MS = 3600 * 1000
 
 
@@ -72,7 +72,7 @@ class Pod:
         self.instance_id = check_id(settings.instance_id or default_instance_id(), what="instance id")
         self.keys = Keys.for_root(settings.kv_root)
         self.metrics = MeshMetrics()
-        self.stats = RequestStats(tick_s=STATS_TICK_S)
+        self.stats = RequestStats(window_s=6 * settings.stats_tick_s, tick_s=settings.stats_tick_s)
         self.start_time = now_ms()
         self.shutting_down = False
         self.ready = False
@@ -112,6 +112,13 @@ class Pod:
         info = await self.runtime_client.wait_ready(s.runtime_startup_timeout_s)
         self.info = info
         self.cache = LocalCache(s.capacity_bytes or info.capacity)
+        default_size = s.default_model_size or info.default_model_size
+        if self.cache.capacity < 2 * default_size:
+            log.warning(
+                "cache capacity %d is below twice the default model size %d: models of unknown size will not fit",
+                self.cache.capacity,
+                default_size,
+            )
         self.view = ClusterView(
             self.instance_id, self.instances_table, self.registry_table, self.vmodels_table
         )
@@ -180,6 +187,8 @@ class Pod:
             view=self.view,
             failure_expiry_ms=s.load_failure_expiry_ms,
             interval_s=max(5.0, s.lease_ttl_s),
+            placer=self.placer,
+            replace_lost=s.replace_lost_models,
         )
         self.election.on_change(self._leader_changed)
         self.instances_table.add_listener(self.reaper.on_instance_change)
@@ -192,11 +201,25 @@ class Pod:
             interval_s=s.janitor_interval_s,
             idle_unload_s=s.idle_unload_s,
         )
+        self.scaler = CopyScaler(
+            instance_id=self.instance_id,
+            view=self.view,
+            cache=self.cache,
+            stats=self.stats,
+            placer=self.placer,
+            loader=self.loader,
+            rpm_threshold=s.scaleup_rpm_threshold,
+            interval_s=s.scale_check_interval_s,
+            second_copy_after_s=s.second_copy_after_s,
+            extra_copy_idle_s=s.extra_copy_idle_s,
+        )
+        self._spawn(self.scaler.run(), "mesh:scaler")
         self._spawn(self.reaper.run(), "mesh:reaper")
         self._spawn(self.janitor.run(), "mesh:janitor")
         self._spawn(self._roll_stats(), "mesh:stats")
 
         await self._start_server()
+        self._spawn(self.vmodels.run(lambda: self.election.is_leader), "mesh:vmodels")
         self.metrics.serve(s.metrics_port, addr="127.0.0.1" if s.host.startswith("127.") else "0.0.0.0")
         self.ready = True
         await self.health.set("", SERVING)
@@ -213,7 +236,14 @@ class Pod:
         from mesh.channels import channel_options
 
         self.server = grpc.aio.server(options=channel_options(s.max_message_bytes))
-        self.vmodels = VModels(self.view)
+        self.vmodels = VModels(
+            self.view,
+            kv=self.kv,
+            table=self.vmodels_table,
+            registry=self.registry,
+            placer=self.placer,
+            status_of=lambda model_id: self.api.status_of(model_id),
+        )
         self.api = ModelMeshServicer(
             instance_id=self.instance_id,
             registry=self.registry,
@@ -310,6 +340,8 @@ class Pod:
         if self.reaper.is_leader:
             log.info("this pod (%s) is now the leader", self.instance_id)
             self.reaper._kick.set()
+            if getattr(self, "vmodels", None) is not None:
+                self.vmodels.kick()
 
     async def _runtime_exited(self, code: int) -> None:
         self.metrics.runtime_restarts.inc()
@@ -328,8 +360,8 @@ class Pod:
 
     async def _roll_stats(self) -> None:
         while True:
-            await asyncio.sleep(STATS_TICK_S)
-            self.stats.roll()
+            await asyncio.sleep(self.settings.stats_tick_s)
+            self.stats.roll(now_ms())
 
     def _spawn(self, coro, name: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=name))
@@ -355,6 +387,7 @@ class Pod:
         await self.publisher.stop()
         with contextlib.suppress(Exception):
             await self.election.stop() if hasattr(self.election, "stop") else await self.election.resign()
+        await self.reaper.close()
         await self.loader.close()
         await self.api.close()
         await self.placer.close()

@@ -97,6 +97,21 @@ class MeshSettings:
         3, "MM_MAX_LOAD_FAILURES", "Recent failures after which a model is LOADING_FAILED."
     )
     max_hops: int = _opt(4, "MM_MAX_HOPS", "Max pod-to-pod forwards of one request.")
+    stats_tick_s: float = _opt(10.0, "MM_STATS_TICK_S", "Request-rate roll-up period (rates cover 6 ticks).")
+    scale_check_interval_s: float = _opt(
+        10.0, "MM_SCALE_CHECK_INTERVAL_S", "Period of copy scale-up/down checks."
+    )
+    second_copy_after_s: float = _opt(
+        420.0, "MM_SECOND_COPY_AFTER_S", "Continuous use after which a single-copy model gets a second copy."
+    )
+    extra_copy_idle_s: float = _opt(
+        600.0, "MM_EXTRA_COPY_IDLE_S", "An extra copy (beyond the first/min) unused this long is removed."
+    )
+    replace_lost_models: bool = _opt(
+        True,
+        "MM_REPLACE_LOST_MODELS",
+        "Leader reloads elsewhere models whose only copies were on a dead pod.",
+    )
     idle_unload_s: float = _opt(
         0.0, "MM_IDLE_UNLOAD_S", "Unload copies unused this long (0 = only evict for space)."
     )

@@ -199,7 +199,7 @@ class ModelRuntimeServicer:
         try:
             model_type = self._model_type(request)
         except UnsupportedModelType:
-            return pb.PredictModelSizeResponse(sizeInBytes=self.settings.default_model_size)
+            return pb.PredictModelSizeResponse(sizeInBytes=0)
         disk: int | None = None
         path = self._local_path(request.modelPath, request.modelKey)
         if path is not None:
@@ -210,6 +210,10 @@ class ModelRuntimeServicer:
                 )
             except TimeoutError:
                 disk = None
+        if disk is None:
+            # Unknown (remote or missing artifact): 0 tells the mesh to use its own default size, which the
+            # operator may have configured differently from this runtime's.
+            return pb.PredictModelSizeResponse(sizeInBytes=0)
         return pb.PredictModelSizeResponse(sizeInBytes=self.adapter.predict_size(model_type, disk))
 
     def _local_path(self, model_path: str, model_key: str) -> Path | None:

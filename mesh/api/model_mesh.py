@@ -120,9 +120,12 @@ class ModelMeshServicer(pb_grpc.ModelMeshServicer):
         if not info.type:
             raise InvalidRequest("modelInfo.type must not be empty")
         self._check_kv()
+        min_copies, max_copies = _copy_bounds(context.invocation_metadata())
         await self.registry.register(
             model_id,
-            ModelSpec(type=info.type, path=info.path, key=info.key),
+            ModelSpec(
+                type=info.type, path=info.path, key=info.key, min_copies=min_copies, max_copies=max_copies
+            ),
             load_now=request.loadNow,
             last_used=request.lastUsedTime,
         )
@@ -180,6 +183,23 @@ class ModelMeshServicer(pb_grpc.ModelMeshServicer):
         for t in list(self._background):
             t.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _copy_bounds(metadata) -> tuple[int, int]:
+    """Per-model copy bounds from the ``mm-min-copies``/``mm-max-copies`` registration headers."""
+    values = {h.MIN_COPIES: 0, h.MAX_COPIES: 0}
+    for key, value in metadata or ():
+        if key in values:
+            try:
+                values[key] = int(value)
+            except ValueError as exc:
+                raise InvalidRequest(f"header {key} must be an integer") from exc
+            if not 0 <= values[key] <= 1000:
+                raise InvalidRequest(f"header {key} must be between 0 and 1000")
+    lo, hi = values[h.MIN_COPIES], values[h.MAX_COPIES]
+    if hi and lo > hi:
+        raise InvalidRequest(f"{h.MIN_COPIES} ({lo}) must not exceed {h.MAX_COPIES} ({hi})")
+    return lo, hi
 
 
 def _log_background(task: asyncio.Task) -> None:

@@ -6,7 +6,9 @@ does not hold is corrected; copies idle longer than ``idle_unload_s`` (when set)
 last-used time is pushed to a record when it is much newer (batched, bounded per run).
 
 Reaper, on the leader: as soon as an instance record disappears (its lease ended), every ModelRecord that
-lists it is corrected, and the same sweep runs periodically; expired failure records are removed.
+lists it is corrected (seconds, not ModelMesh's 10–17 minutes), a model whose only loaded copies were on the
+dead pod is loaded elsewhere at once, models below their ``min_copies`` are topped up, and expired failure
+records are removed. The same sweep also runs periodically.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from mesh.cluster.placer import Placer
 from mesh.cluster.registry import Registry
 from mesh.cluster.view import ClusterView
 from mesh.errors import MeshError
@@ -24,6 +27,7 @@ from mesh.local.loader import Loader, now_ms
 log = logging.getLogger(__name__)
 
 LAST_USED_PUSH_AGE_MS = 3600 * 1000
+MAX_PARALLEL_RELOADS = 4
 MAX_TOUCHES_PER_RUN = 50
 
 
@@ -85,14 +89,24 @@ class Janitor:
 
 class Reaper:
     def __init__(
-        self, *, registry: Registry, view: ClusterView, failure_expiry_ms: int, interval_s: float
+        self,
+        *,
+        registry: Registry,
+        view: ClusterView,
+        failure_expiry_ms: int,
+        interval_s: float,
+        placer: Placer | None = None,
+        replace_lost: bool = True,
     ) -> None:
         self.registry = registry
         self.view = view
         self.failure_expiry_ms = failure_expiry_ms
         self.interval_s = interval_s
+        self.placer = placer
+        self.replace_lost = replace_lost
         self.is_leader = False
         self._kick = asyncio.Event()
+        self._reloads: set[asyncio.Task] = set()
 
     def on_instance_change(
         self, instance_id: str, old: InstanceRecord | None, new: InstanceRecord | None
@@ -101,7 +115,8 @@ class Reaper:
             self._kick.set()
 
     async def sweep(self) -> int:
-        """Remove dead instances from every record and expire old failures; returns records changed."""
+        """Remove dead instances from every record, reload elsewhere the models that lost their only copies,
+        top up models below their minimum copies, and expire old failures; returns records changed."""
         alive = self.view.alive()
         now = now_ms()
         changed = 0
@@ -111,10 +126,47 @@ class Reaper:
                 log.info("reaper: removing dead instances %s from %s", sorted(dead), model_id)
                 await self.registry.remove_instances(model_id, dead)
                 changed += 1
+                lost_loaded = bool(dead & set(rec.loaded))
+                if lost_loaded and len(rec.instances) == len(dead) and self.replace_lost:
+                    self._reload(model_id, rec.last_used or now)
+            live = [i for i in rec.instances if i in alive]
+            if rec.min_copies and len(live) < rec.min_copies and self.placer is not None:
+                self._top_up(model_id, rec.min_copies - len(live), set(live))
             if len(rec.recent_failures(now, self.failure_expiry_ms)) != len(rec.failures):
                 await self.registry.expire_failures(model_id, self.failure_expiry_ms)
                 changed += 1
         return changed
+
+    def _reload(self, model_id: str, last_used: int) -> None:
+        if self.placer is None or len(self._reloads) >= MAX_PARALLEL_RELOADS:
+            return
+        log.info("reaper: %s lost its only copy with a dead pod; loading it elsewhere", model_id)
+        self._track(self.placer.ensure_loaded(model_id, last_used=last_used), f"mesh:reload:{model_id}")
+
+    def _top_up(self, model_id: str, missing: int, holders: set[str]) -> None:
+        if self.placer is None or len(self._reloads) >= MAX_PARALLEL_RELOADS:
+            return
+        size = self.placer.loader.default_size
+
+        async def add() -> None:
+            for _ in range(missing):
+                target = await self.placer.add_copy(model_id, size=size, last_used=now_ms(), exclude=holders)
+                if target is None:
+                    return
+                holders.add(target)
+
+        self._track(add(), f"mesh:min-copies:{model_id}")
+
+    def _track(self, coro, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+        task.add_done_callback(_log_failure)
+
+    async def close(self) -> None:
+        for t in list(self._reloads):
+            t.cancel()
+        await asyncio.gather(*self._reloads, return_exceptions=True)
 
     async def run(self) -> None:
         while True:
@@ -129,3 +181,8 @@ class Reaper:
                 await self.sweep()
             except MeshError as exc:
                 log.warning("reaper sweep failed: %s", exc)
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("reaper task %s failed: %s", task.get_name(), task.exception())

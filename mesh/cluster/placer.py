@@ -68,7 +68,7 @@ class Placer:
             if len(recent) >= self.max_load_failures:
                 raise ModelLoadFailed(model_id, "; ".join(dict.fromkeys(rec.failure_messages.values())))
             target = choose_load_target(
-                alive,
+                self.view.placement_instances(),
                 model_type=rec.type,
                 size=self.loader.default_size,
                 exclude=exclude | set(recent),
@@ -84,6 +84,7 @@ class Placer:
                 if target == self.instance_id:
                     await self.loader.ensure_local(model_id, last_used=last_used, exclusive=True)
                 else:
+                    self.view.reserve(target, self.loader.default_size)
                     await self._remote_load(target, model_id, last_used)
                 return target
             except LoadedElsewhere as exc:
@@ -92,6 +93,33 @@ class Placer:
                 exclude.add(target)
                 last_error = exc
         raise last_error or NoPlacement(f"could not place model '{model_id}'")
+
+    async def add_copy(self, model_id: str, *, size: int, last_used: int, exclude: set[str]) -> str | None:
+        """Load one more copy of a model on a pod not in ``exclude`` (its current holders). Returns the pod,
+        or None when no pod qualifies (the caller tries again on its next check)."""
+        rec = self.view.model(model_id)
+        if rec is None:
+            return None
+        now = now_ms()
+        recent = rec.recent_failures(now, self.load_failure_expiry_ms)
+        target = choose_load_target(
+            self.view.placement_instances(),
+            model_type=rec.type,
+            size=size,
+            exclude=exclude | set(rec.instances) | set(recent),
+            constraints=self.constraints,
+            rng=self.rng,
+            now_ms=now,
+        )
+        if target is None:
+            return None
+        if target == self.instance_id:
+            await self.loader.ensure_local(model_id, last_used=last_used, exclusive=False)
+        else:
+            self.view.reserve(target, size)
+            await self._remote_load(target, model_id, last_used)
+        log.info("added a copy of %s on %s", model_id, target)
+        return target
 
     async def _remote_load(self, target: str, model_id: str, last_used: int) -> None:
         address = self.view.address(target)

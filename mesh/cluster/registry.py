@@ -207,3 +207,37 @@ class Registry:
             return cur.replace(last_used=last_used)
 
         return await self.table.update(model_id, apply)
+
+    # ---- helpers for mesh.cluster.vmodels (the only writer of ``refs``)
+    def new_record(
+        self, spec: ModelSpec, *, load_now: bool, auto_delete: bool = False, last_used: int = 0
+    ) -> ModelRecord:
+        """The record ``register`` would create for ``spec`` (with ``auto_delete``), for a caller that writes
+        it itself inside a multi-key txn (a vmodel created together with its target model)."""
+        now = self._now()
+        if not last_used:
+            last_used = now - (LAST_USED_AGE_ON_ADD_LOADNOW_MS if load_now else LAST_USED_AGE_ON_ADD_MS)
+        return ModelRecord(
+            type=spec.type,
+            path=spec.path,
+            key=spec.key,
+            last_used=last_used,
+            registered_at=now,
+            min_copies=spec.min_copies,
+            max_copies=spec.max_copies,
+            auto_delete=auto_delete,
+        )
+
+    async def delete_if_orphaned(self, model_id: str) -> bool:
+        """Unregister ``model_id`` iff it is ``autoDel`` and no vmodel references it. True if deleted."""
+        removed: list[bool] = []
+
+        def apply(cur: ModelRecord | None) -> ModelRecord | None:
+            removed.clear()
+            if cur is None or not cur.auto_delete or cur.refs > 0:
+                return cur
+            removed.append(True)
+            return None
+
+        await self.table.update(model_id, apply)
+        return bool(removed)

@@ -29,6 +29,9 @@ INTERNAL = "mm-internal"
 LAST_USED = "mm-lu"
 BALANCED = "mm-balanced"
 
+MIN_COPIES = "mm-min-copies"  # registerModel extension: per-model copy bounds
+MAX_COPIES = "mm-max-copies"
+
 INTERNAL_HIT = "hit"
 INTERNAL_LOAD = "load"
 

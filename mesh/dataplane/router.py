@@ -205,7 +205,7 @@ class Router:
             if len(recent) >= self.max_load_failures:
                 raise ModelLoadFailed(model_id, _failure_summary(rec.failure_messages, recent))
             target = choose_load_target(
-                alive,
+                self.view.placement_instances(),
                 model_type=rec.type,
                 size=self.loader.default_size,
                 exclude=exclude | set(recent),
@@ -236,6 +236,7 @@ class Router:
                     exclude.add(self.instance_id)
                     last_error = exc
                 continue
+            self.view.reserve(target, self.loader.default_size)
             try:
                 self.metrics.requests_routed.labels("forward-load").inc()
                 return await self._forward(

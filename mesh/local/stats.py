@@ -15,13 +15,22 @@ class RequestStats:
         self._tick_s = tick_s
         self.model_rpm: dict[str, float] = {}
         self.rpm = 0.0
+        # start of each model's unbroken run of ticks with at least one request ("in regular use")
+        self.in_use_since: dict[str, int] = {}
 
     def record(self, model_id: str) -> None:
         self._counts[model_id] += 1
         self._total += 1
 
-    def roll(self) -> None:
-        """Close the current tick and recompute rates over the window (called every ``tick_s``)."""
+    def roll(self, now_ms: int | None = None) -> None:
+        """Close the current tick and recompute rates over the window (called every ``tick_s``).
+
+        A model used in every tick keeps its ``in_use_since``; one idle tick resets it. Continuous use
+        therefore accumulates (unlike ModelMesh's second-copy marker, reset by every use: its issue #151).
+        """
+        if now_ms is not None:
+            used = set(self._counts)
+            self.in_use_since = {m: self.in_use_since.get(m, now_ms) for m in used}
         self._history.append((self._total, dict(self._counts)))
         self._counts.clear()
         self._total = 0

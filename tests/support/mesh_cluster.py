@@ -18,7 +18,12 @@ from mesh.devcluster import LocalCluster, free_port, log_tail
 from protos.inference import grpc_predict_v2_pb2 as v2
 from protos.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 
-FAST_POD_ARGS = ("--lease-ttl-s", "3", "--publish-interval-s", "1", "--janitor-interval-s", "2")
+FAST_POD_ARGS = (
+    "--lease-ttl-s", "3",
+    "--publish-interval-s", "1",
+    "--janitor-interval-s", "2",
+    "--default-model-size", "20000",
+)  # fmt: skip
 
 
 class MeshTestCluster(LocalCluster):

@@ -156,7 +156,12 @@ def test_every_field_documented_with_env_and_flag() -> None:
 
 def test_every_flag_round_trips() -> None:
     """Each flag reaches its own field (dest wiring in add_arguments)."""
-    samples = {"int": ("123", 123), "float": ("1.25", 1.25), "list[str]": ("x:1,y:2", ["x:1", "y:2"])}
+    samples = {
+        "int": ("123", 123),
+        "float": ("1.25", 1.25),
+        "bool": ("false", False),
+        "list[str]": ("x:1,y:2", ["x:1", "y:2"]),
+    }
     for f in dataclasses.fields(MeshSettings):
         raw, expected = samples.get(str(f.type), ("val", "val"))
         s = load_settings(parse([flag_name(f), raw]), environ={})
