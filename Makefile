@@ -3,6 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# MLServer (and its protobuf<7 pin) lives in its own venv; the MLServer adapter tests use it.
+MLSERVER_STAMP := .venv-mlserver/.installed
 
 .PHONY: demo test test-slow lint fmt protos clean
 
@@ -15,10 +17,13 @@ $(STAMP): requirements.lock pyproject.toml
 
 venv: $(STAMP)
 
+$(MLSERVER_STAMP): scripts/mlserver_venv.sh
+	PY=$(PY) scripts/mlserver_venv.sh .venv-mlserver
+
 demo: $(STAMP)
 	$(BIN)/python -m mesh.demo
 
-test: $(STAMP)
+test: $(STAMP) $(MLSERVER_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
@@ -36,4 +41,4 @@ protos: $(STAMP)
 	PYTHON=$(BIN)/python scripts/gen_protos.sh
 
 clean:
-	rm -rf $(VENV) var .mesh
+	rm -rf $(VENV) .venv-mlserver var .mesh
