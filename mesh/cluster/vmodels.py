@@ -29,6 +29,13 @@ are harmless: loads are single-claimed by the loader and every commit re-plans o
 Owner semantics: set and delete on a vmodel with a non-empty owner require the same owner
 (FAILED_PRECONDITION otherwise); a vmodel without an owner takes the first one given. ``getVModelStatus``
 with a non-matching, non-empty owner answers NOT_FOUND (as ModelMesh does); an empty owner reads any vmodel.
+
+Choices where ModelMesh is silent or differs: a transition completes on the first LOADED copy of the target
+(ModelMesh's docs say "scaled out to the same degree", its code also waits for one copy); autoDel models are
+unregistered just after the txn that drops their last ref, not inside it; ``modelInfo`` naming an already
+registered target with different type/path/key fails with ALREADY_EXISTS (like registerModel), and
+``autoDeleteTargetModel`` only applies to a target this call creates; TRANSITION_FAILED stays until the next
+``setVModel`` (same target = retry, the active model as target = cancel).
 """
 
 from __future__ import annotations
@@ -197,7 +204,7 @@ class VModels:
         self._drivers: dict[str, tuple[str, asyncio.Task[None]]] = {}  # vmodel id -> (target, task)
         self._tasks: set[asyncio.Task] = set()
         self._waiters: dict[str, asyncio.Event] = {}  # target model id -> woken on its registry changes
-        self._orphans_seen: set[str] = set()
+        self._orphans_seen: dict[str, float] = {}  # autoDel model with refs 0 -> first seen (loop time)
         if table is not None:
             table.add_listener(self._on_vmodel_change)
         if registry is not None:
@@ -419,17 +426,15 @@ class VModels:
     # ---- listeners and the leader loop
 
     def _on_vmodel_change(self, vmodel_id: str, old: VModelRecord | None, new: VModelRecord | None) -> None:
+        running = self._drivers.get(vmodel_id)
+        if (
+            running is not None
+            and (new is None or new.target != running[0] or new.failed)
+            and running[1] is not asyncio.current_task()
+        ):
+            running[1].cancel()  # deleted, retargeted or failed elsewhere: this driver's transition is moot
         if is_pending(new):
             self._kick.set()
-        else:
-            # Deleted, retargeted or failed elsewhere: this pod's driver for the old transition is moot.
-            running = self._drivers.get(vmodel_id)
-            if (
-                running is not None
-                and (new is None or new.target != running[0] or new.failed)
-                and running[1] is not asyncio.current_task()
-            ):
-                running[1].cancel()
 
     def _on_model_change(self, model_id: str, old: ModelRecord | None, new: ModelRecord | None) -> None:
         waiter = self._waiters.get(model_id)
@@ -441,9 +446,9 @@ class VModels:
         self._kick.set()
 
     async def run(self, is_leader: Callable[[], bool]) -> None:
-        """Leader duties: drive every pending transition; unregister autoDel models left unreferenced (seen
-        so on two checks in a row, in case the pod that dropped their last ref died before deleting them).
-        Cancelling this task also stops every driver and auto-delete this object started."""
+        """Leader duties: drive every pending transition; unregister autoDel models left unreferenced for
+        longer than ``2 * AUTO_DELETE_GRACE_S`` (the pod that dropped their last ref may have died before
+        deleting them). Cancelling this task also stops every driver and auto-delete this object started."""
         try:
             while True:
                 try:
@@ -454,23 +459,28 @@ class VModels:
                 if not is_leader() or self.table is None:
                     self._orphans_seen.clear()
                     continue
-                for vmodel_id, rec in list(self.table.items().items()):
-                    if is_pending(rec):
-                        self._drive(vmodel_id, rec.target)
-                await self._sweep_orphans()
+                try:
+                    for vmodel_id, rec in list(self.table.items().items()):
+                        if is_pending(rec):
+                            self._drive(vmodel_id, rec.target)
+                    await self._sweep_orphans()
+                except MeshError as exc:
+                    log.info("vmodels leader check failed: %s", exc.message)
+                except Exception:
+                    log.exception("vmodels leader check failed")
         finally:
             await self.close()
 
     async def _sweep_orphans(self) -> None:
         registry = self._registry()
+        now = asyncio.get_running_loop().time()
         orphans = {m for m, r in registry.items().items() if r.auto_delete and r.refs == 0}
-        for model_id in sorted(orphans & self._orphans_seen):
-            try:
-                if await registry.delete_if_orphaned(model_id):
-                    log.info("leader: auto-deleted unreferenced model %s", model_id)
-            except MeshError as exc:
-                log.info("leader: auto-delete of %s failed: %s", model_id, exc.message)
-        self._orphans_seen = orphans
+        self._orphans_seen = {m: self._orphans_seen.get(m, now) for m in orphans}
+        for model_id, since in sorted(self._orphans_seen.items()):
+            if now - since < 2 * AUTO_DELETE_GRACE_S:
+                continue
+            if await registry.delete_if_orphaned(model_id):
+                log.info("leader: auto-deleted unreferenced model %s", model_id)
 
     def _track(self, coro, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
