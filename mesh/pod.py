@@ -122,7 +122,9 @@ class Pod:
         self.view = ClusterView(
             self.instance_id, self.instances_table, self.registry_table, self.vmodels_table
         )
-        self.registry = Registry(self.registry_table, now_ms)
+        self.registry = Registry(
+            self.registry_table, now_ms, on_write=lambda: self.metrics.kv_writes.labels("registry").inc()
+        )
         self.runtime = RuntimeHolder(self._make_link(info))
         self.loader = Loader(
             instance_id=self.instance_id,

@@ -97,9 +97,9 @@ class ModelMeshServicer(pb_grpc.ModelMeshServicer):
             raise KvUnavailable("etcd is unreachable; management operations are unavailable")
 
     async def load_and_status(
-        self, model_id: str, *, sync: bool, last_used: int, local_only: bool = False
+        self, model_id: str, *, sync: bool, last_used: int, local_only: bool = False, copy: bool = False
     ) -> ModelStatus:
-        coro = self.placer.ensure_loaded(model_id, last_used=last_used, local_only=local_only)
+        coro = self.placer.ensure_loaded(model_id, last_used=last_used, local_only=local_only, copy=copy)
         if sync:
             try:
                 await coro
@@ -159,7 +159,8 @@ class ModelMeshServicer(pb_grpc.ModelMeshServicer):
             model_id,
             sync=request.sync,
             last_used=request.lastUsedTime or now_ms(),
-            local_only=md.internal == h.INTERNAL_LOAD,
+            local_only=md.internal in (h.INTERNAL_LOAD, h.INTERNAL_COPY),
+            copy=md.internal == h.INTERNAL_COPY,
         )
         return to_proto(st)
 

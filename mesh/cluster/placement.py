@@ -6,7 +6,7 @@ Order of preference, after ModelMesh's PLACEMENT_ORDER (modelmesh.md §3.2), sim
   3. among full pods: the oldest LRU time first (evict the globally least recently used model);
   4. among pods with room: fewer models, then more free space;
   5. then fewer loads in progress, then lower request rate.
-A shortlist of near-equal pods is kept (full: LRU within max(45 s, 10 % of the best's age); with room:
+A shortlist of near-equal pods is kept (full: LRU within 45 s and within 10 % of the best's age; with room:
 free ≥ ¼ of the best's and count ≤ max(10, 1.25 × best's); ModelMesh: count < 10 or ≤ 1.25×), pods carrying the type's preferred labels win,
 busy pods (rpm ≥ 100 and > 3 × max(100, the quietest's rpm)) are dropped, and one is chosen at random, so that
 concurrent misses spread instead of piling onto one pod whose published record is a few seconds old.
@@ -109,7 +109,7 @@ def choose_load_target(
         )
         best = ranked[0][1]
         best_lru = best.lru_time or now_ms
-        window = max(45_000, (now_ms - best_lru) // 10)
+        window = min(45_000, (now_ms - best_lru) // 10)
         shortlist = [i for i, r in ranked if (r.lru_time or now_ms) - best_lru <= window]
     rule = constraints.rule(model_type)
     if rule.preferred:

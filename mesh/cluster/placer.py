@@ -47,7 +47,13 @@ class Placer:
         self._channels: list[grpc.aio.Channel] = []
 
     async def ensure_loaded(
-        self, model_id: str, *, last_used: int, local_only: bool = False, exclude: set[str] | None = None
+        self,
+        model_id: str,
+        *,
+        last_used: int,
+        local_only: bool = False,
+        copy: bool = False,
+        exclude: set[str] | None = None,
     ) -> str:
         """Load ``model_id`` on one pod unless a copy exists. Returns the instance holding/loading it."""
         exclude = set(exclude or ())
@@ -57,7 +63,10 @@ class Placer:
             if rec is None:
                 raise ModelNotFound(model_id)
             if local_only:
-                await self.loader.ensure_local(model_id, last_used=last_used, exclusive=False)
+                try:
+                    await self.loader.ensure_local(model_id, last_used=last_used, exclusive=not copy)
+                except LoadedElsewhere as exc:
+                    return exc.holders[0]
                 return self.instance_id
             alive = self.view.instances()
             live = [i for i in rec.instances if i in alive or i == self.instance_id]
@@ -70,7 +79,7 @@ class Placer:
             target = choose_load_target(
                 self.view.placement_instances(),
                 model_type=rec.type,
-                size=self.loader.default_size,
+                size=rec.size or self.loader.default_size,
                 exclude=exclude | set(recent),
                 constraints=self.constraints,
                 rng=self.rng,
@@ -84,7 +93,7 @@ class Placer:
                 if target == self.instance_id:
                     await self.loader.ensure_local(model_id, last_used=last_used, exclusive=True)
                 else:
-                    self.view.reserve(target, self.loader.default_size)
+                    self.view.reserve(target, rec.size or self.loader.default_size)
                     await self._remote_load(target, model_id, last_used)
                 return target
             except LoadedElsewhere as exc:
@@ -117,11 +126,11 @@ class Placer:
             await self.loader.ensure_local(model_id, last_used=last_used, exclusive=False)
         else:
             self.view.reserve(target, size)
-            await self._remote_load(target, model_id, last_used)
+            await self._remote_load(target, model_id, last_used, copy=True)
         log.info("added a copy of %s on %s", model_id, target)
         return target
 
-    async def _remote_load(self, target: str, model_id: str, last_used: int) -> None:
+    async def _remote_load(self, target: str, model_id: str, last_used: int, *, copy: bool = False) -> None:
         address = self.view.address(target)
         if not address:
             raise NoPlacement(f"peer {target} has no address")
@@ -133,7 +142,7 @@ class Placer:
         try:
             resp = await stub.ensureLoaded(
                 pb.EnsureLoadedRequest(modelId=model_id, lastUsedTime=last_used, sync=True),
-                metadata=[(h.INTERNAL, h.INTERNAL_LOAD)],
+                metadata=[(h.INTERNAL, h.INTERNAL_COPY if copy else h.INTERNAL_LOAD)],
                 timeout=600,
             )
         except grpc.aio.AioRpcError as exc:

@@ -40,9 +40,27 @@ class LoadedElsewhere(Exception):
 
 
 class Registry:
-    def __init__(self, table: Table[ModelRecord], clock_ms: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        table: Table[ModelRecord],
+        clock_ms: Callable[[], int],
+        on_write: Callable[[], None] = lambda: None,
+    ) -> None:
         self.table = table
         self._now = clock_ms
+        self._on_write = on_write
+
+    async def _update(
+        self, model_id: str, fn: Callable[[ModelRecord | None], ModelRecord | None]
+    ) -> ModelRecord | None:
+        """Table.update, counting the writes it makes (for the etcd-writes metric)."""
+        before = self.table.get(model_id)
+        after = await self.table.update(model_id, fn)
+        if (before is None) != (after is None) or (
+            before is not None and after is not None and before.revision != after.revision
+        ):
+            self._on_write()
+        return after
 
     # ---- reads
     def get(self, model_id: str) -> ModelRecord | None:
@@ -82,7 +100,7 @@ class Registry:
                 max_copies=spec.max_copies,
             )
 
-        rec = await self.table.update(model_id, apply)
+        rec = await self._update(model_id, apply)
         assert rec is not None
         return rec
 
@@ -98,7 +116,7 @@ class Registry:
             removed[:] = [cur]
             return None
 
-        await self.table.update(model_id, apply)
+        await self._update(model_id, apply)
         return removed[0] if removed else None
 
     # ---- load lifecycle (cold path)
@@ -118,11 +136,13 @@ class Registry:
                 raise LoadedElsewhere(others)
             return cur.replace(instances={**cur.instances, instance_id: now})
 
-        rec = await self.table.update(model_id, apply)
+        rec = await self._update(model_id, apply)
         assert rec is not None
         return rec
 
-    async def mark_loaded(self, model_id: str, instance_id: str, last_used: int) -> ModelRecord | None:
+    async def mark_loaded(
+        self, model_id: str, instance_id: str, last_used: int, *, size: int = 0
+    ) -> ModelRecord | None:
         now = self._now()
 
         def apply(cur: ModelRecord | None) -> ModelRecord | None:
@@ -137,9 +157,10 @@ class Registry:
                 failures=failures,
                 failure_messages=messages,
                 last_used=max(cur.last_used, last_used),
+                size=size or cur.size,
             )
 
-        return await self.table.update(model_id, apply)
+        return await self._update(model_id, apply)
 
     async def record_failure(self, model_id: str, instance_id: str, message: str) -> ModelRecord | None:
         now = self._now()
@@ -154,7 +175,7 @@ class Registry:
                 failure_messages={**cur.failure_messages, instance_id: message[:1000]},
             )
 
-        return await self.table.update(model_id, apply)
+        return await self._update(model_id, apply)
 
     async def remove_copy(self, model_id: str, instance_id: str, last_used: int = 0) -> ModelRecord | None:
         """Drop this instance's copy (eviction, unload, runtime loss); pushes its last use into ``lu``."""
@@ -170,7 +191,7 @@ class Registry:
                 last_unload=now,
             )
 
-        return await self.table.update(model_id, apply)
+        return await self._update(model_id, apply)
 
     async def remove_instances(self, model_id: str, dead: set[str]) -> ModelRecord | None:
         """Reaper: remove copies held by instances that no longer exist."""
@@ -183,7 +204,7 @@ class Registry:
                 loaded={k: v for k, v in cur.loaded.items() if k not in dead},
             )
 
-        return await self.table.update(model_id, apply)
+        return await self._update(model_id, apply)
 
     async def expire_failures(self, model_id: str, expiry_ms: int) -> ModelRecord | None:
         now = self._now()
@@ -198,7 +219,7 @@ class Registry:
                 failures=keep, failure_messages={k: v for k, v in cur.failure_messages.items() if k in keep}
             )
 
-        return await self.table.update(model_id, apply)
+        return await self._update(model_id, apply)
 
     async def touch(self, model_id: str, last_used: int) -> ModelRecord | None:
         def apply(cur: ModelRecord | None) -> ModelRecord | None:
@@ -206,7 +227,7 @@ class Registry:
                 return cur
             return cur.replace(last_used=last_used)
 
-        return await self.table.update(model_id, apply)
+        return await self._update(model_id, apply)
 
     # ---- helpers for mesh.cluster.vmodels (the only writer of ``refs``)
     def new_record(
@@ -239,5 +260,5 @@ class Registry:
             removed.append(True)
             return None
 
-        await self.table.update(model_id, apply)
+        await self._update(model_id, apply)
         return bool(removed)

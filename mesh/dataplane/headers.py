@@ -7,7 +7,8 @@ read, by scanning the top-level protobuf wire format; the payload is never decod
 
 Internal metadata set by pods when forwarding (never trusted to widen anything, only to narrow what a pod
 does): ``mm-hop`` (forward count), ``mm-exclude`` (instance ids not to use), ``mm-internal`` (``hit`` = serve
-only if loaded here, ``load`` = load here if needed), ``mm-lu`` (last-used time, epoch ms).
+only if loaded here, ``load`` = load here unless another pod claimed the model first, ``copy`` = load one more
+copy here), ``mm-lu`` (last-used time, epoch ms).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ MIN_COPIES = "mm-min-copies"  # registerModel extension: per-model copy bounds
 MAX_COPIES = "mm-max-copies"
 
 INTERNAL_HIT = "hit"
-INTERNAL_LOAD = "load"
+INTERNAL_LOAD = "load"  # load here unless another pod claimed it first (then hand off to that pod)
+INTERNAL_COPY = "copy"  # load an additional copy here (ensureLoaded between pods, copy scaling)
 
 # Headers never passed on to a runtime or peer as-is (the mesh rewrites what it needs).
 _DROP_PREFIXES = ("mm-", "grpc-", "tas-")

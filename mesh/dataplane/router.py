@@ -173,10 +173,14 @@ class Router:
             if method == MODEL_READY and not rec.loaded:
                 return _NOT_READY
 
-            if info.internal == h.INTERNAL_LOAD:
+            if info.internal == h.INTERNAL_LOAD and not hinted:
+                # Exclusive: a concurrent miss on another pod may have claimed it; then serve from there
+                # (the hand-off is a hit-only hop, which is never forwarded again).
                 try:
-                    await self.loader.ensure_local(model_id, last_used=last_used, exclusive=False)
-                except LoadedElsewhere as exc:  # pragma: no cover - non-exclusive claims never lose
+                    await self.loader.ensure_local(
+                        model_id, last_used=last_used, exclusive=True, unreachable=frozenset(exclude)
+                    )
+                except LoadedElsewhere as exc:
                     hinted = exc.holders
                 continue
 
@@ -207,7 +211,7 @@ class Router:
             target = choose_load_target(
                 self.view.placement_instances(),
                 model_type=rec.type,
-                size=self.loader.default_size,
+                size=rec.size or self.loader.default_size,
                 exclude=exclude | set(recent),
                 constraints=self.constraints,
                 rng=self.rng,
@@ -229,14 +233,16 @@ class Router:
             if target == self.instance_id or info.hop >= self.max_hops:
                 self.metrics.requests_routed.labels("load").inc()
                 try:
-                    await self.loader.ensure_local(model_id, last_used=last_used, exclusive=True)
+                    await self.loader.ensure_local(
+                        model_id, last_used=last_used, exclusive=True, unreachable=frozenset(exclude)
+                    )
                 except LoadedElsewhere as exc:
                     hinted = exc.holders
                 except (ModelLoadFailed, RuntimeUnavailable) as exc:
                     exclude.add(self.instance_id)
                     last_error = exc
                 continue
-            self.view.reserve(target, self.loader.default_size)
+            self.view.reserve(target, rec.size or self.loader.default_size)
             try:
                 self.metrics.requests_routed.labels("forward-load").inc()
                 return await self._forward(

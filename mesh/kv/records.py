@@ -64,7 +64,8 @@ class ModelRecord(_Record):
     ``instances`` maps instanceId → load start time for every copy that is loading or loaded;
     ``loaded`` maps instanceId → load completion time (a subset of ``instances``), so any pod can tell
     LOADING from LOADED. ``failures``/``failure_messages`` record recent load failures per instance;
-    they expire (``MM_LOAD_FAILURE_EXPIRY_TIME_MS``).
+    they expire (``MM_LOAD_FAILURE_EXPIRY_TIME_MS``). ``size`` is the last measured size of a copy, so
+    placing further copies uses the model's real weight instead of the default size.
     """
 
     type: str = ""
@@ -81,6 +82,7 @@ class ModelRecord(_Record):
     min_copies: int = 0
     max_copies: int = 0
     registered_at: int = 0
+    size: int = 0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
     revision: int = field(default=0, compare=False)
 
@@ -99,6 +101,7 @@ class ModelRecord(_Record):
         "min_copies": "minCopies",
         "max_copies": "maxCopies",
         "registered_at": "regTime",
+        "size": "size",
     }
 
     def recent_failures(self, now_ms: int, expiry_ms: int) -> dict[str, int]:

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from mesh.cluster.registry import LoadedElsewhere, Registry
 from mesh.cluster.view import ClusterView
 from mesh.errors import (
-    KvUnavailable,
     MeshError,
     ModelLoadFailed,
     ModelNotFound,
@@ -80,14 +79,19 @@ class Loader:
         return self.cache.loading_count()
 
     # ------------------------------------------------------------------ loading
-    async def ensure_local(self, model_id: str, *, last_used: int, exclusive: bool) -> CacheEntry:
+    async def ensure_local(
+        self, model_id: str, *, last_used: int, exclusive: bool, unreachable: frozenset[str] = frozenset()
+    ) -> CacheEntry:
         """Return an ACTIVE local entry for ``model_id``, loading it here if needed (shared by all callers).
 
-        Raises LoadedElsewhere when ``exclusive`` and another pod claimed the model first.
+        Raises LoadedElsewhere when ``exclusive`` and another live pod claimed the model first; claims by
+        pods in ``unreachable`` (a request just failed to reach them) do not count.
         """
         entry = self.cache.get(model_id)
         if entry is None:
-            entry = await self._start_load(model_id, last_used=last_used, exclusive=exclusive)
+            entry = await self._start_load(
+                model_id, last_used=last_used, exclusive=exclusive, unreachable=unreachable
+            )
         if entry.state is not EntryState.ACTIVE:
             started = time.perf_counter()
             assert entry.ready is not None
@@ -95,7 +99,9 @@ class Loader:
             self.metrics.cache_miss_seconds.observe(time.perf_counter() - started)
         return entry
 
-    async def _start_load(self, model_id: str, *, last_used: int, exclusive: bool) -> CacheEntry:
+    async def _start_load(
+        self, model_id: str, *, last_used: int, exclusive: bool, unreachable: frozenset[str]
+    ) -> CacheEntry:
         if not self.accepting:
             raise ShuttingDown("this pod is shutting down and takes no new loads")
         rec = self.registry.get(model_id) or await self.registry.get_strong(model_id)
@@ -108,7 +114,8 @@ class Loader:
         entry, victims = self.cache.reserve(model_id, size, last_used or self._now(), self._now())
         entry.ready = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(
-            self._load(entry, rec.type, rec.path, rec.key, victims, exclusive), name=f"mesh:load:{model_id}"
+            self._load(entry, rec.type, rec.path, rec.key, victims, exclusive, unreachable),
+            name=f"mesh:load:{model_id}",
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -132,6 +139,7 @@ class Loader:
         key: str,
         victims: list[CacheEntry],
         exclusive: bool,
+        unreachable: frozenset[str] = frozenset(),
     ) -> None:
         model_id = entry.model_id
         fut = entry.ready
@@ -141,14 +149,14 @@ class Loader:
             if victims:
                 await self.evict(victims, reason="space")
             await self.registry.claim(
-                model_id, self.instance_id, exclusive=exclusive, alive=self.view.alive()
+                model_id, self.instance_id, exclusive=exclusive, alive=self.view.alive() - unreachable
             )
             claimed = True
-            started = time.perf_counter()
             async with self._sem:
+                started = time.perf_counter()
                 entry.load_started = self._now()
                 size = await self.runtime.load(model_id, model_type, path, key, timeout_s=self.load_timeout_s)
-            self.metrics.loadmodel_seconds.observe(time.perf_counter() - started)
+                self.metrics.loadmodel_seconds.observe(time.perf_counter() - started)
             if not size:
                 size = await self.runtime.model_size(model_id) or entry.size
             if self.cache.get(model_id) is not entry:
@@ -161,16 +169,17 @@ class Loader:
             self.metrics.loaded_model_size_bytes.observe(size)
             if more:
                 self._spawn(self.evict(more, reason="space"), f"mesh:evict-after:{model_id}")
-            try:
-                await self.registry.mark_loaded(model_id, self.instance_id, entry.last_used)
-            except ModelNotFound:
-                self.cache.remove(model_id)
-                await self._unload_runtime(model_id)
-                raise
-            except KvUnavailable:
-                log.warning("loaded %s but could not record it in etcd; the janitor will retry", model_id)
             log.info("loaded %s (%d bytes) on %s", model_id, size, self.instance_id)
+            # Waiting requests go now; recording LOADED in etcd follows (peers already route here by the claim).
             fut.set_result(None)
+            try:
+                await self.registry.mark_loaded(model_id, self.instance_id, entry.last_used, size=size)
+            except ModelNotFound:
+                await self.unload(model_id, reason="unregistered while loading", update_registry=False)
+            except MeshError as exc:
+                log.warning(
+                    "loaded %s but could not record it in etcd (%s); the janitor will retry", model_id, exc
+                )
         except BaseException as exc:
             self.cache.remove(model_id) if self.cache.get(model_id) is entry else None
             await self._after_failure(model_id, exc, claimed)
@@ -225,12 +234,16 @@ class Loader:
             await asyncio.sleep(0.02)
         await self._unload_runtime(entry.model_id)
         if update_registry:
-            try:
-                await self.registry.remove_copy(entry.model_id, self.instance_id, entry.last_used)
-            except MeshError as exc:
-                log.warning(
-                    "could not remove %s copy from registry: %s (janitor will retry)", entry.model_id, exc
-                )
+            # The memory is free once the runtime unloaded; the registry update need not delay a waiting load.
+            self._spawn(self._remove_claim(entry), f"mesh:release:{entry.model_id}")
+
+    async def _remove_claim(self, entry: CacheEntry) -> None:
+        try:
+            await self.registry.remove_copy(entry.model_id, self.instance_id, entry.last_used)
+        except MeshError as exc:
+            log.warning(
+                "could not remove %s copy from registry: %s (janitor will retry)", entry.model_id, exc
+            )
 
     async def _unload_runtime(self, model_id: str) -> None:
         started = time.perf_counter()

@@ -136,7 +136,11 @@ def test_hot_model_gains_copies_and_loses_them_when_cold(cluster, samples):  # n
 
 def test_oldest_lru_pod_takes_the_load_when_all_are_full(etcd_server, samples):  # noqa: F811
     models = many_models(samples)
-    with make_cluster(etcd_server.endpoint, samples, pods=2, capacity=120_000) as c2:
+    # "full" = no room for a model of the default size; 40 kB is above any remainder left after evictions
+    # of these ~16-25 kB models, so both pods are unambiguously full once filled
+    with make_cluster(
+        etcd_server.endpoint, samples, pods=2, capacity=120_000, extra=("--default-model-size", "40000")
+    ) as c2:
         admin = c2.client(0)
         for m in models:
             admin.register(m["id"], m["type"], m["path"])

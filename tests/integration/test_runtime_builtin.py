@@ -296,8 +296,9 @@ def test_sizes(runtime: Runtime, sample_dir) -> None:
     assert predicted(large) > predicted(small)
     assert predicted(large) >= large["disk_size_bytes"]
     assert predicted(large, f"file://{sample_dir[0] / large['path']}") == predicted(large)
-    assert predicted(large, "s3-bucket/some/model", '{"storage_key": "s3"}') == 1_000_000
-    assert predicted(large, "/etc") == 1_000_000  # outside the local roots: never sized
+    # unknown without a download: 0 tells the mesh to use its own (configurable) default size
+    assert predicted(large, "s3-bucket/some/model", '{"storage_key": "s3"}') == 0
+    assert predicted(large, "/etc") == 0  # outside the local roots: never sized
 
 
 def test_runtime_status_purges(runtime: Runtime, sample_dir) -> None:

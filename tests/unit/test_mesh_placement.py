@@ -120,7 +120,8 @@ CASES = [
     pytest.param(
         {
             "oldest": pod(lru=NOW - 120 * MIN, **FULL),
-            "near": pod(lru=NOW - 115 * MIN, **FULL),  # within 10 % of the oldest's age (12 min)
+            "near": pod(lru=NOW - 119.5 * MIN, **FULL),  # within 45 s and within 10 % of the oldest's age
+            "5-min-younger": pod(lru=NOW - 115 * MIN, **FULL),  # within 10 % but not within 45 s
             "recent": pod(lru=NOW - 60 * MIN, **FULL),
         },
         {},
@@ -128,7 +129,11 @@ CASES = [
         id="all-full-oldest-lru",
     ),
     pytest.param(
-        {"a": pod(lru=NOW - 2 * MIN, **FULL), "b": pod(lru=NOW - 2 * MIN + 40_000, **FULL)},
+        {
+            "a": pod(lru=NOW - 20 * MIN, **FULL),
+            "b": pod(lru=NOW - 20 * MIN + 40_000, **FULL),  # 40 s younger: within 45 s and 10 % of 20 min
+            "c": pod(lru=NOW - 2 * MIN, **FULL),
+        },
         {},
         {"a", "b"},
         id="all-full-45s-window",

@@ -26,6 +26,7 @@ FULL_MODEL = ModelRecord(
     min_copies=1,
     max_copies=3,
     registered_at=7,
+    size=4096,
 )
 FULL_INSTANCE = InstanceRecord(
     address="10.0.0.1:8033",
