@@ -59,10 +59,11 @@ class MeshAdminServicer(pb_grpc.MeshAdminServicer):
         if include_models:
             alive = self.view.alive()
             for model_id, rec in sorted(self.view.models().items()):
+                local = self.cache.get(model_id)
                 st = model_status(
                     rec,
                     self_id=self.instance_id,
-                    local=self.cache.get(model_id),
+                    local=local,
                     alive=alive,
                     now_ms=now,
                     failure_expiry_ms=self.failure_expiry_ms,
@@ -74,7 +75,7 @@ class MeshAdminServicer(pb_grpc.MeshAdminServicer):
                         loaded_on=[c.instance_id for c in st.copies if c.status == "LOADED"],
                         loading_on=[c.instance_id for c in st.copies if c.status == "LOADING"],
                         failed_on=[c.instance_id for c in st.copies if c.status == "LOADING_FAILED"],
-                        last_used_ms=rec.last_used,
+                        last_used_ms=max(rec.last_used, local.last_used if local else 0),
                         status=st.status,
                         errors=st.errors,
                     )
