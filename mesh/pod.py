@@ -358,6 +358,7 @@ class Pod:
         self.info = info
         self.loader.set_runtime_info(info, self.settings.load_timeout_ms, self.settings.default_model_size)
         self.runtime.link = self._make_link(info)
+        self.loader.runtime_ready = True
         log.info("runtime is back (restart %d)", self.runtime_process.restarts if self.runtime_process else 0)
 
     async def _roll_stats(self) -> None:

@@ -64,6 +64,9 @@ class Loader:
         self._now = clock_ms
         self.set_runtime_info(info, load_timeout_ms, default_model_size)
         self.accepting = True
+        # False from a runtime crash until the restarted runtime answered READY (its runtimeStatus purges
+        # everything, so a load started before that would be wiped and wrongly recorded as a failure)
+        self.runtime_ready = True
         self._tasks: set[asyncio.Task] = set()
 
     def set_runtime_info(
@@ -104,6 +107,8 @@ class Loader:
     ) -> CacheEntry:
         if not self.accepting:
             raise ShuttingDown("this pod is shutting down and takes no new loads")
+        if not self.runtime_ready:
+            raise RuntimeUnavailable("the model runtime of this pod is restarting")
         rec = self.registry.get(model_id) or await self.registry.get_strong(model_id)
         if rec is None:
             raise ModelNotFound(model_id)
@@ -261,6 +266,7 @@ class Loader:
 
     def runtime_lost(self) -> list[CacheEntry]:
         """The runtime died: every local copy is gone. Fail waiting loads; return the lost entries."""
+        self.runtime_ready = False
         lost = self.cache.clear()
         for e in lost:
             if e.ready is not None and not e.ready.done():

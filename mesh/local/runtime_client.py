@@ -96,7 +96,9 @@ class RuntimeClient:
                 raise ModelLoadFailed(model_id, f"load timed out after {timeout_s:.0f}s") from exc
             if code == grpc.StatusCode.UNAVAILABLE:
                 raise RuntimeUnavailable(f"runtime unavailable during load: {exc.details()}") from exc
-            raise ModelLoadFailed(model_id, exc.details() or code.name) from exc
+            cause = exc.details() or code.name
+            prefix = f"failed to load model '{model_id}': "
+            raise ModelLoadFailed(model_id, cause.removeprefix(prefix)) from exc
         return resp.sizeInBytes
 
     async def unload(self, model_id: str, timeout_s: float = 60.0) -> None:

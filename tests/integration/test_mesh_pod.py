@@ -266,3 +266,35 @@ def test_restart_keeps_registrations_and_nothing_stale(pod, samples, sig):  # no
     for s in loaded:
         check_prediction(s, infer_sample(c, s))
         assert c.status(s["id"])["status"] == "LOADED"
+
+
+def test_runtime_crash_is_detected_and_recovered(pod, samples):  # noqa: F811
+    import psutil
+
+    sample = samples["by_id"]["sklearn-iris-lr"]
+    c = pod.client()
+    register(c, sample)
+    infer_sample(c, sample)
+    assert c.status(sample["id"])["status"] == "LOADED"
+    runtimes = [
+        p
+        for p in psutil.Process(pod.pods[0].pid).children(recursive=True)
+        if "runtime_adapters.builtin" in " ".join(p.cmdline())
+    ]
+    assert len(runtimes) == 1
+    runtimes[0].kill()
+    # the copy leaves the cache and the registry at once, then the restarted runtime serves it again
+    wait_for(lambda: c.status(sample["id"])["status"] == "NOT_LOADED", timeout=20, what="copy dropped")
+    check_prediction(
+        sample, wait_for(lambda: _try_infer(c, sample), timeout=60, what="inference after restart")
+    )
+    assert c.status(sample["id"])["status"] == "LOADED"
+    assert pod.metric(0, "modelmesh_runtime_restarts_total") == 1
+
+
+def _try_infer(client, sample):
+    try:
+        return infer_sample(client, sample)
+    except MeshClientError as exc:
+        assert exc.code == "UNAVAILABLE", exc  # retryable while the runtime restarts
+        return None
