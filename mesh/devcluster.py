@@ -102,9 +102,15 @@ def _on_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def health_serving(address: str, timeout: float = 1.0) -> bool:
-    """True when the pod at ``address`` answers gRPC health (overall service "") with SERVING."""
-    with grpc.insecure_channel(address) as ch:
+def health_serving(address: str, timeout: float = 1.0, tls_ca: str | None = None) -> bool:
+    """True when the pod at ``address`` answers gRPC health (overall service "") with SERVING; over TLS
+    (verified with the CA file ``tls_ca``) when the pods serve TLS."""
+    if tls_ca:
+        creds = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes())
+        channel = grpc.secure_channel(address, creds)
+    else:
+        channel = grpc.insecure_channel(address)
+    with channel as ch:
         try:
             resp = health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout
@@ -171,6 +177,7 @@ class LocalCluster:
         startup_timeout: float = 120.0,
         stop_timeout: float = 20.0,
         env: dict[str, str] | None = None,
+        tls_ca: str | None = None,
     ) -> None:
         if pods < 1:
             raise ValueError("pods must be >= 1")
@@ -190,6 +197,9 @@ class LocalCluster:
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self.extra_env = env or {}
+        self.tls_ca = (
+            tls_ca  # pods serve TLS (their --tls-* flags are in pod_args): health checks verify with it
+        )
         self._own_data_dir = data_dir is None
         self.data_dir = Path(data_dir).resolve() if data_dir else Path(tempfile.mkdtemp(prefix="mesh-local-"))
         self._etcd: Any = None
@@ -238,7 +248,7 @@ class LocalCluster:
                         f"log {pod.log_path}:\n{log_tail(pod.log_path)}"
                     )
                 pod.remember_descendants()
-                if health_serving(pod.address, timeout=0.5):
+                if health_serving(pod.address, timeout=0.5, tls_ca=self.tls_ca):
                     pending.remove(pod)
             if pending and time.monotonic() > deadline:
                 pod = pending[0]
