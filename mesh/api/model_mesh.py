@@ -29,6 +29,7 @@ from protos.mmesh import model_mesh_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 _STATUS = pb.ModelStatusInfo.ModelStatus
+SYNC_SETTLE_S = 5.0
 
 
 def guard(fn):
@@ -92,6 +93,17 @@ class ModelMeshServicer(pb_grpc.ModelMeshServicer):
             failure_expiry_ms=self.failure_expiry_ms,
         )
 
+    async def _settled_status(self, model_id: str) -> ModelStatus:
+        """Status after a sync load. The loading pod records LOADED in etcd just after it starts serving,
+        so this pod's watch-fed view may trail by a moment: wait for it (bounded) rather than say LOADING."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SYNC_SETTLE_S
+        status = self.status_of(model_id)
+        while status.status == "LOADING" and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+            status = self.status_of(model_id)
+        return status
+
     def _check_kv(self) -> None:
         if not self._kv_healthy():
             raise KvUnavailable("etcd is unreachable; management operations are unavailable")
@@ -105,7 +117,7 @@ class ModelMeshServicer(pb_grpc.ModelMeshServicer):
                 await coro
             except MeshError as exc:
                 log.info("sync load of %s failed: %s", model_id, exc.message)
-            return self.status_of(model_id)
+            return await self._settled_status(model_id)
         task = asyncio.create_task(coro, name=f"mesh:ensure:{model_id}")
         self._background.add(task)
         task.add_done_callback(_log_background)
