@@ -23,6 +23,7 @@ from mesh.errors import InvalidRequest, KvUnavailable, MeshError, abort
 from mesh.ids import check_id
 from mesh.local.cache import LocalCache
 from mesh.local.loader import Loader, now_ms
+from mesh.tasks import log_failure
 from protos.mmesh import model_mesh_pb2 as pb
 from protos.mmesh import model_mesh_pb2_grpc as pb_grpc
 
@@ -120,7 +121,7 @@ class ModelMeshServicer(pb_grpc.ModelMeshServicer):
             return await self._settled_status(model_id)
         task = asyncio.create_task(coro, name=f"mesh:ensure:{model_id}")
         self._background.add(task)
-        task.add_done_callback(_log_background)
+        task.add_done_callback(log_failure)
         task.add_done_callback(self._background.discard)
         await asyncio.sleep(0)
         return self.status_of(model_id)
@@ -213,12 +214,6 @@ def _copy_bounds(metadata) -> tuple[int, int]:
     if hi and lo > hi:
         raise InvalidRequest(f"{h.MIN_COPIES} ({lo}) must not exceed {h.MAX_COPIES} ({hi})")
     return lo, hi
-
-
-def _log_background(task: asyncio.Task) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        exc = task.exception()
-        log.info("background load (%s) failed: %s", task.get_name(), getattr(exc, "message", exc))
 
 
 def add_to_server(servicer: ModelMeshServicer, server: grpc.aio.Server) -> None:

@@ -19,10 +19,10 @@ import logging
 from mesh.cluster.placer import Placer
 from mesh.cluster.registry import Registry
 from mesh.cluster.view import ClusterView
-from mesh.errors import MeshError
 from mesh.kv.records import InstanceRecord
 from mesh.local.cache import EntryState, LocalCache
 from mesh.local.loader import Loader, now_ms
+from mesh.tasks import every, log_failure
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +79,7 @@ class Janitor:
                 await self.registry.remove_copy(model_id, me)
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.run_once()
-            except MeshError as exc:
-                log.warning("janitor run failed: %s", exc)
+        await every(self.interval_s, self.run_once, what="janitor run")
 
 
 class Reaper:
@@ -161,7 +156,7 @@ class Reaper:
         task = asyncio.create_task(coro, name=name)
         self._reloads.add(task)
         task.add_done_callback(self._reloads.discard)
-        task.add_done_callback(_log_failure)
+        task.add_done_callback(log_failure)
 
     async def close(self) -> None:
         for t in list(self._reloads):
@@ -169,20 +164,8 @@ class Reaper:
         await asyncio.gather(*self._reloads, return_exceptions=True)
 
     async def run(self) -> None:
-        while True:
-            try:
-                await asyncio.wait_for(self._kick.wait(), timeout=self.interval_s)
-            except TimeoutError:
-                pass
-            self._kick.clear()
-            if not self.is_leader:
-                continue
-            try:
+        async def sweep_if_leader() -> None:
+            if self.is_leader:
                 await self.sweep()
-            except MeshError as exc:
-                log.warning("reaper sweep failed: %s", exc)
 
-
-def _log_failure(task: asyncio.Task) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("reaper task %s failed: %s", task.get_name(), task.exception())
+        await every(self.interval_s, sweep_if_leader, what="reaper sweep", kick=self._kick)

@@ -15,7 +15,6 @@ Rules, checked every ``interval_s`` from in-memory request rates (never per requ
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
@@ -25,6 +24,7 @@ from mesh.errors import MeshError
 from mesh.local.cache import EntryState, LocalCache
 from mesh.local.loader import Loader, now_ms
 from mesh.local.stats import RequestStats
+from mesh.tasks import every
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +126,4 @@ class CopyScaler:
             holders.add(target)
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.run_once()
-            except MeshError as exc:
-                log.warning("copy scaling check failed: %s", exc)
+        await every(self.interval_s, self.run_once, what="copy scaling check")
