@@ -88,10 +88,25 @@ def parse_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> Reques
     if model_ids and vmodel_ids:
         raise InvalidRequest("request must not include both mm-model-id and mm-vmodel-id headers")
     if model_ids:
-        info.model_id = check_id(model_ids[0], what=f"{MODEL_ID} header")
+        info.model_id = _checked(model_ids[0], f"{MODEL_ID} header")
     if vmodel_ids:
-        info.vmodel_id = check_id(vmodel_ids[0], what=f"{VMODEL_ID} header")
+        info.vmodel_id = _checked(vmodel_ids[0], f"{VMODEL_ID} header")
     return info
+
+
+_VALID_IDS: dict[str, str] = {}  # ids that passed check_id (a valid id stays valid); bounded below
+
+
+def _checked(value: str, what: str) -> str:
+    """check_id, remembering ids that passed so the hot path checks each id once."""
+    known = _VALID_IDS.get(value)
+    if known is not None:
+        return known
+    value = check_id(value, what=what)
+    if len(_VALID_IDS) >= 4096:
+        _VALID_IDS.clear()
+    _VALID_IDS[value] = value
+    return value
 
 
 def _text(value: str | bytes, key: str) -> str:
@@ -137,9 +152,8 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
             raise InvalidRequest("malformed request payload: varint too long")
 
 
-def _fields(buf: bytes) -> Iterable[tuple[int, int, int, int]]:
-    """Yield (field number, wire type, start of field incl. tag, end) for each top-level field."""
-    pos = 0
+def _fields(buf: bytes, pos: int = 0) -> Iterable[tuple[int, int, int, int]]:
+    """Yield (field number, wire type, start of field incl. tag, end) for each top-level field from ``pos``."""
     end = len(buf)
     while pos < end:
         start = pos
@@ -187,6 +201,8 @@ def read_string_field(buf: bytes, number: int = 1) -> str | None:
 
 
 def _encode_varint(value: int) -> bytes:
+    if value < 0x80:
+        return _ONE_BYTE[value]
     out = bytearray()
     while True:
         b = value & 0x7F
@@ -196,6 +212,9 @@ def _encode_varint(value: int) -> bytes:
         else:
             out.append(b)
             return bytes(out)
+
+
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]
 
 
 def _length_delimited(number: int, value: bytes) -> bytes:
@@ -213,8 +232,11 @@ def splice_string(buf: bytes, path: Sequence[int], value: str) -> bytes:
         return buf
     number = path[0]
     if len(path) == 1:
+        field = _length_delimited(number, value.encode("utf-8"))
+        if buf.startswith(field) and all(num != number for num, _, _, _ in _fields(buf, len(field))):
+            return buf  # already in the spliced form (the client sent this id first, once): no copy
         kept = [buf[s:e] for num, _, s, e in _fields(buf) if num != number]
-        return _length_delimited(number, value.encode("utf-8")) + b"".join(kept)
+        return field + b"".join(kept)
     spans = [(s, e) for num, wire, s, e in _fields(buf) if num == number and wire == 2]
     if not spans:
         return buf + _length_delimited(number, splice_string(b"", path[1:], value))
