@@ -19,6 +19,7 @@ import random
 import time
 
 import grpc
+from prometheus_client import Histogram
 
 from mesh.cluster.placement import TypeConstraints, choose_copy, choose_load_target
 from mesh.cluster.registry import LoadedElsewhere
@@ -97,6 +98,7 @@ class Router:
         self.load_failure_expiry_ms = load_failure_expiry_ms
         self.request_timeout_s = request_timeout_s
         self.rng = rng or random.Random()
+        self._invoke_seconds: dict[str, Histogram] = {}  # method -> labelled histogram child
 
     # ------------------------------------------------------------------ entry point
     async def handle(self, method: str, payload: bytes, metadata, time_remaining: float | None) -> bytes:
@@ -262,6 +264,10 @@ class Router:
         link = self.runtime.link
         if link is None:
             raise RuntimeUnavailable("model runtime is restarting")
+        hist = self._invoke_seconds.get(method)
+        if hist is None:
+            hist = self.metrics.invoke_model_seconds.labels(method.rsplit("/", 1)[-1])
+            self._invoke_seconds[method] = hist
         self.stats.record(entry.model_id)
         entry.inflight += 1
         started = time.perf_counter()
@@ -269,9 +275,7 @@ class Router:
             return await link.call(method, payload, entry.model_id, info.passthrough, _remaining(deadline))
         finally:
             entry.inflight -= 1
-            self.metrics.invoke_model_seconds.labels(method.rsplit("/", 1)[-1]).observe(
-                time.perf_counter() - started
-            )
+            hist.observe(time.perf_counter() - started)
 
     async def _forward(
         self,

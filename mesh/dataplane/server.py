@@ -62,10 +62,11 @@ class InferenceHandler(grpc.GenericRpcHandler):
         router = self.router
         hist = self.metrics.api_request_seconds
         short = method.rsplit("/", 1)[-1]
+        ok = hist.labels(short, "OK")  # labelled child looked up once, not per request
 
         async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             started = time.perf_counter()
-            code = "OK"
+            child = ok
             try:
                 return await router.handle(
                     method, request, context.invocation_metadata(), context.time_remaining()
@@ -73,13 +74,14 @@ class InferenceHandler(grpc.GenericRpcHandler):
             except Exception as exc:
                 status, details = to_status(exc)
                 code = status.name
+                child = hist.labels(short, code)
                 if not isinstance(exc, MeshError):
                     log.exception("unexpected error routing %s", method)
                 else:
                     log.debug("request %s failed: %s %s", method, code, details)
                 await context.abort(status, details)
             finally:
-                hist.labels(short, code).observe(time.perf_counter() - started)
+                child.observe(time.perf_counter() - started)
 
         return handle
 
