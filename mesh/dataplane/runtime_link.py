@@ -35,6 +35,7 @@ class RuntimeLink:
         self._method_infos = {"/" + k.lstrip("/"): v for k, v in method_infos.items()}
         self._allow_any = allow_any_method or not method_infos
         self._calls: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
+        self._id_metadata: dict[str, tuple[tuple[str, str | bytes], ...]] = {}  # model id -> its id headers
 
     async def close(self) -> None:
         await self._channel.close()
@@ -61,14 +62,23 @@ class RuntimeLink:
         path = self._method_infos.get(method)
         if path:
             payload = splice_string(payload, path, model_id)
-        md = list(metadata)
-        if model_id.isascii():
-            md.append((MODEL_ID, model_id))
-        md.append((MODEL_ID_BIN, model_id.encode("utf-8")))
+        id_md = self._id_metadata.get(model_id)
+        if id_md is None:
+            id_md = _id_headers(model_id)
+            if len(self._id_metadata) >= 4096:
+                self._id_metadata.clear()
+            self._id_metadata[model_id] = id_md
+        md = (*metadata, *id_md) if metadata else id_md
         try:
             return await call(payload, metadata=md, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc, model_id, self.address) from exc
+
+
+def _id_headers(model_id: str) -> tuple[tuple[str, str | bytes], ...]:
+    if model_id.isascii():
+        return ((MODEL_ID, model_id), (MODEL_ID_BIN, model_id.encode("utf-8")))
+    return ((MODEL_ID_BIN, model_id.encode("utf-8")),)
 
 
 def _translate(exc: grpc.aio.AioRpcError, model_id: str, address: str) -> Exception:
