@@ -469,17 +469,6 @@ async def _partial_stop(pod: Pod) -> None:
         await kv.close()
 
 
-def _run(coro) -> None:
-    """Run the pod's event loop: uvloop when installed (about 10% less pod CPU per routed request on the
-    hot-path benchmark, docs/benchmarks.md), else asyncio's default loop."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mesh serve", description="Run one mesh pod.")
     add_arguments(parser)
@@ -487,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(args)
     _configure_logging(settings.log_level)
     try:
-        _run(serve(settings))
+        asyncio.run(serve(settings))
     except MeshError as exc:
         log.error("pod failed: %s", exc.message)
         return 1
