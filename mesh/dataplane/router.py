@@ -300,7 +300,10 @@ class Router:
         md.append((h.HOP, str(info.hop + 1)))
         md.append((h.INTERNAL, internal))
         md.append((h.LAST_USED, str(last_used)))
-        md.append((h.EXCLUDE, ",".join(sorted(exclude | {self.instance_id}))))
+        # Only pods this request failed to use. Not this pod: a hit/load request is never forwarded again, and
+        # a peer must still see this pod's own concurrent claim (or it would load a second copy).
+        if exclude:
+            md.append((h.EXCLUDE, ",".join(sorted(exclude))))
         return await self.peers.forward(address, method, payload, md, _remaining(deadline))
 
 
