@@ -65,7 +65,9 @@ def test_sklearn_and_xgboost_through_the_mesh(cluster, runtime_samples):  # noqa
 def test_eviction_unloads_inside_mlserver(cluster, runtime_samples):  # noqa: F811
     _, entries = runtime_samples
     big = entries["sklearn-iris-rf-large"]
-    ids = [f"mls-big-{i}" for i in range(4)]  # >= 4 x 3 MB predicted: more than CAPACITY
+    # each copy reports at least its disk size (1.5 MB), so 8 copies (>= 12 MB) always exceed CAPACITY (10 MiB),
+    # whatever the (noisy) measured sizes
+    ids = [f"mls-big-{i}" for i in range(8)]
     with MeshClient(cluster.addresses[0], timeout=60) as client:
         for model_id in ids:
             client.register(model_id, big["type"], big["path"])
