@@ -423,12 +423,13 @@ class Pod:
                 log.warning("shutdown deadline reached before every model was migrated")
                 return
             try:
-                await asyncio.wait_for(
+                target = await asyncio.wait_for(
                     self.placer.ensure_loaded(
                         entry.model_id, last_used=entry.last_used, exclude={self.instance_id}
                     ),
                     timeout=remaining,
                 )
+                log.info("migrated %s to %s before shutdown", entry.model_id, target)
             except (MeshError, TimeoutError) as exc:
                 log.warning("could not migrate %s: %s", entry.model_id, exc)
 

@@ -69,7 +69,7 @@ class Placer:
                     return exc.holders[0]
                 return self.instance_id
             alive = self.view.instances()
-            live = [i for i in rec.instances if i in alive or i == self.instance_id]
+            live = [i for i in rec.instances if (i in alive or i == self.instance_id) and i not in exclude]
             if live:
                 return live[0]
             now = now_ms()
