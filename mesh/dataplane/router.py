@@ -38,6 +38,7 @@ from mesh.errors import (
     RemoteError,
     RuntimeUnavailable,
 )
+from mesh.ids import check_id
 from mesh.local.cache import EntryState, LocalCache
 from mesh.local.loader import Loader, now_ms
 from mesh.local.stats import RequestStats
@@ -121,8 +122,6 @@ class Router:
                 raise InvalidRequest(
                     f"request must include the {h.MODEL_ID} header or a model name in the request"
                 )
-            from mesh.ids import check_id
-
             name = check_id(name, what="model_name")
             if self.view.vmodel(name) is None:
                 return name
