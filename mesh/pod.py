@@ -143,6 +143,16 @@ class Pod:
         self.peers = PeerLinks(
             tls=self.tls if self.tls.enabled else None, max_message_bytes=s.max_message_bytes
         )
+        self.placer = Placer(
+            instance_id=self.instance_id,
+            view=self.view,
+            loader=self.loader,
+            constraints=constraints,
+            max_load_failures=s.max_load_failures,
+            load_failure_expiry_ms=s.load_failure_expiry_ms,
+            tls=self.tls if self.tls.enabled else None,
+            rng=rng,
+        )
         self.router = Router(
             instance_id=self.instance_id,
             view=self.view,
@@ -152,21 +162,11 @@ class Pod:
             peers=self.peers,
             stats=self.stats,
             metrics=self.metrics,
-            constraints=constraints,
+            placer=self.placer,
             max_hops=s.max_hops,
             max_load_failures=s.max_load_failures,
             load_failure_expiry_ms=s.load_failure_expiry_ms,
             request_timeout_s=s.request_timeout_s,
-            rng=rng,
-        )
-        self.placer = Placer(
-            instance_id=self.instance_id,
-            view=self.view,
-            loader=self.loader,
-            constraints=constraints,
-            max_load_failures=s.max_load_failures,
-            load_failure_expiry_ms=s.load_failure_expiry_ms,
-            tls=self.tls if self.tls.enabled else None,
             rng=rng,
         )
         self.registry_table.add_listener(self._on_record_change)

@@ -15,6 +15,7 @@ from mesh.cluster.registry import LoadedElsewhere
 from mesh.cluster.view import ClusterView
 from mesh.dataplane import headers as h
 from mesh.errors import MeshError, ModelLoadFailed, ModelNotFound, NoPlacement, from_rpc_error
+from mesh.kv.records import ModelRecord
 from mesh.local.loader import Loader, now_ms
 from protos.mmesh import model_mesh_pb2 as pb
 from protos.mmesh import model_mesh_pb2_grpc as pb_grpc
@@ -76,15 +77,7 @@ class Placer:
             recent = rec.recent_failures(now, self.load_failure_expiry_ms)
             if len(recent) >= self.max_load_failures:
                 raise ModelLoadFailed(model_id, "; ".join(dict.fromkeys(rec.failure_messages.values())))
-            target = choose_load_target(
-                self.view.placement_instances(),
-                model_type=rec.type,
-                size=rec.size or self.loader.default_size,
-                exclude=exclude | set(recent),
-                constraints=self.constraints,
-                rng=self.rng,
-                now_ms=now,
-            )
+            target = self.pick(rec, exclude=exclude, now=now)
             if target is None and not alive and self.instance_id not in exclude:
                 target = self.instance_id
             if target is None:
@@ -103,23 +96,27 @@ class Placer:
                 last_error = exc
         raise last_error or NoPlacement(f"could not place model '{model_id}'")
 
+    def pick(self, rec: ModelRecord, *, exclude: set[str], now: int, size: int = 0) -> str | None:
+        """The pod that should load (another copy of) ``rec``: the placement policy applied to this pod's
+        view, skipping ``exclude`` and pods where the model failed recently. Used for every placement."""
+        recent = rec.recent_failures(now, self.load_failure_expiry_ms)
+        return choose_load_target(
+            self.view.placement_instances(),
+            model_type=rec.type,
+            size=size or rec.size or self.loader.default_size,
+            exclude=exclude | set(recent),
+            constraints=self.constraints,
+            rng=self.rng,
+            now_ms=now,
+        )
+
     async def add_copy(self, model_id: str, *, size: int, last_used: int, exclude: set[str]) -> str | None:
         """Load one more copy of a model on a pod not in ``exclude`` (its current holders). Returns the pod,
         or None when no pod qualifies (the caller tries again on its next check)."""
         rec = self.view.model(model_id)
         if rec is None:
             return None
-        now = now_ms()
-        recent = rec.recent_failures(now, self.load_failure_expiry_ms)
-        target = choose_load_target(
-            self.view.placement_instances(),
-            model_type=rec.type,
-            size=size,
-            exclude=exclude | set(rec.instances) | set(recent),
-            constraints=self.constraints,
-            rng=self.rng,
-            now_ms=now,
-        )
+        target = self.pick(rec, exclude=exclude | set(rec.instances), now=now_ms(), size=size)
         if target is None:
             return None
         if target == self.instance_id:

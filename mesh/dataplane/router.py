@@ -21,7 +21,8 @@ import time
 import grpc
 from prometheus_client import Histogram
 
-from mesh.cluster.placement import TypeConstraints, choose_copy, choose_load_target
+from mesh.cluster.placement import choose_copy
+from mesh.cluster.placer import Placer
 from mesh.cluster.registry import LoadedElsewhere
 from mesh.cluster.view import ClusterView
 from mesh.dataplane import headers as h
@@ -78,7 +79,7 @@ class Router:
         peers: PeerLinks,
         stats: RequestStats,
         metrics: MeshMetrics,
-        constraints: TypeConstraints | None = None,
+        placer: Placer,
         max_hops: int = 4,
         max_load_failures: int = 3,
         load_failure_expiry_ms: int = 900_000,
@@ -93,7 +94,7 @@ class Router:
         self.peers = peers
         self.stats = stats
         self.metrics = metrics
-        self.constraints = constraints or TypeConstraints()
+        self.placer = placer
         self.max_hops = max_hops
         self.max_load_failures = max_load_failures
         self.load_failure_expiry_ms = load_failure_expiry_ms
@@ -209,15 +210,7 @@ class Router:
             recent = rec.recent_failures(now, self.load_failure_expiry_ms)
             if len(recent) >= self.max_load_failures:
                 raise ModelLoadFailed(model_id, _failure_summary(rec.failure_messages, recent))
-            target = choose_load_target(
-                self.view.placement_instances(),
-                model_type=rec.type,
-                size=rec.size or self.loader.default_size,
-                exclude=exclude | set(recent),
-                constraints=self.constraints,
-                rng=self.rng,
-                now_ms=now,
-            )
+            target = self.placer.pick(rec, exclude=exclude, now=now)
             if (
                 target is None
                 and self.instance_id not in exclude
