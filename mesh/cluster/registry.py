@@ -76,9 +76,7 @@ class Registry:
     async def register(
         self, model_id: str, spec: ModelSpec, *, load_now: bool, last_used: int = 0
     ) -> ModelRecord:
-        now = self._now()
-        if not last_used:
-            last_used = now - (LAST_USED_AGE_ON_ADD_LOADNOW_MS if load_now else LAST_USED_AGE_ON_ADD_MS)
+        fresh = self.new_record(spec, load_now=load_now, last_used=last_used)
 
         def apply(cur: ModelRecord | None) -> ModelRecord | None:
             if cur is not None:
@@ -90,15 +88,7 @@ class Registry:
                 if (cur.min_copies, cur.max_copies) == (spec.min_copies, spec.max_copies):
                     return cur
                 return cur.replace(min_copies=spec.min_copies, max_copies=spec.max_copies)
-            return ModelRecord(
-                type=spec.type,
-                path=spec.path,
-                key=spec.key,
-                last_used=last_used,
-                registered_at=now,
-                min_copies=spec.min_copies,
-                max_copies=spec.max_copies,
-            )
+            return fresh
 
         rec = await self._update(model_id, apply)
         assert rec is not None
