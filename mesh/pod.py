@@ -106,7 +106,7 @@ class Pod:
         self.runtime_process: RuntimeProcess | None = None
         if s.runtime_cmd:
             self.runtime_process = RuntimeProcess(
-                s.runtime_cmd, on_exit=self._runtime_exited, on_start=self._runtime_started
+                s.runtime_cmd, on_exit=self._runtime_exited, on_start=self._runtime_started, env=s.runtime_env
             )
             await self.runtime_process.start()
         info = await self.runtime_client.wait_ready(s.runtime_startup_timeout_s)

@@ -76,6 +76,12 @@ class MeshSettings:
     runtime_cmd: str = _opt(
         "", "MM_RUNTIME_CMD", "Command line of a runtime process this pod starts and supervises (optional)."
     )
+    storage_config: str = _opt(
+        "",
+        "STORAGE_CONFIG",
+        "Storage config (JSON file, or directory with one file per key) for the runtime this pod starts "
+        "(passed to it as STORAGE_CONFIG).",
+    )
     runtime_startup_timeout_s: float = _opt(180.0, "MM_RUNTIME_STARTUP_TIMEOUT_S", "Wait for runtime READY.")
     capacity_bytes: int = _opt(
         0, "MM_CAPACITY_BYTES", "Override the runtime-reported cache capacity (0 = use runtime's)."
@@ -126,6 +132,11 @@ class MeshSettings:
     @property
     def serving(self) -> str:
         return self.serving_address or self.runtime_address
+
+    @property
+    def runtime_env(self) -> dict[str, str]:
+        """Environment added for the runtime process this pod starts (absolute paths: it may chdir)."""
+        return {"STORAGE_CONFIG": os.path.abspath(self.storage_config)} if self.storage_config else {}
 
     @property
     def advertised(self) -> str:

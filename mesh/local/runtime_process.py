@@ -26,8 +26,11 @@ class RuntimeProcess:
         *,
         on_exit: Callable[[int], Awaitable[None]],
         on_start: Callable[[], Awaitable[None]],
+        env: dict[str, str] | None = None,
     ) -> None:
         self.argv = shlex.split(cmd)
+        # extra environment for the runtime (e.g. STORAGE_CONFIG), on top of this process's own
+        self.env = {**os.environ, **env} if env else None
         self.on_exit = on_exit
         self.on_start = on_start
         self.proc: asyncio.subprocess.Process | None = None
@@ -45,7 +48,7 @@ class RuntimeProcess:
 
     async def _spawn(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            *_with_parent_death_signal(self.argv), start_new_session=True
+            *_with_parent_death_signal(self.argv), start_new_session=True, env=self.env
         )
         log.info("started runtime (pid %d): %s", self.proc.pid, " ".join(self.argv[:3]))
 

@@ -79,8 +79,7 @@ def test_models_from_s3_minio_http_and_local_through_the_mesh(
         models_dir=samples["dir"],
         etcd=etcd_server.endpoint,
         kv_root=f"/mmtest/{uuid.uuid4().hex}/",
-        pod_args=FAST_POD_ARGS,
-        storage_config=str(config),
+        pod_args=(*FAST_POD_ARGS, "--storage-config", str(config)),  # `mesh serve` hands it to its runtime
     )
     with cluster:
         c = cluster.client()
