@@ -17,6 +17,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -40,9 +41,11 @@ def free_port() -> int:
 class MotoServer:
     """One ``moto_server`` process. ``url`` is its endpoint; ``stop()`` ends it by PID."""
 
-    def __init__(self, *, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *, env: dict[str, str] | None = None, tls: tuple[str, str, str] | None = None) -> None:
+        """``tls`` = (certificate, key, CA file): serve https with that certificate, verified with the CA."""
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.access_key_id = "testing"
         self.secret_access_key = "testing-secret"
         self._env = {**os.environ, **(env or {})}
@@ -51,7 +54,8 @@ class MotoServer:
 
     def start(self, timeout_s: float = 30.0) -> MotoServer:
         self.proc = subprocess.Popen(
-            [str(MOTO_BIN), "-H", "127.0.0.1", "-p", str(self.port)],
+            [str(MOTO_BIN), "-H", "127.0.0.1", "-p", str(self.port),
+             *(["-s", "-c", self.tls[0], "-k", self.tls[1]] if self.tls else [])],
             stdout=self._log, stderr=subprocess.STDOUT, env=self._env, start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + timeout_s
@@ -59,7 +63,8 @@ class MotoServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"moto_server exited with {self.proc.returncode}: {self.log_tail()}")
             with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1) as r:
+                ctx = ssl.create_default_context(cafile=self.tls[2]) if self.tls else None
+                with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1, context=ctx) as r:
                     if r.status == 200:
                         return self
             time.sleep(0.1)
@@ -91,6 +96,7 @@ class MotoServer:
             aws_access_key_id=access_key_id or self.access_key_id,
             aws_secret_access_key=secret_access_key or self.secret_access_key,
             config=Config(s3={"addressing_style": "path"}),
+            verify=self.tls[2] if self.tls else None,
         )  # fmt: skip
 
     def new_bucket(self, client=None) -> str:
