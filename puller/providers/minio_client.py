@@ -26,7 +26,7 @@ from puller.providers.base import (
     safe_rel,
     stream_to_file,
 )
-from puller.providers.s3 import DENIED_CODES, TRANSIENT_CODES, md5_from_etag
+from puller.providers.s3 import DENIED_CODES, TRANSIENT_CODES, md5_from_etag, prefix_plan
 from puller.resolve import ObjectSource
 from puller.settings import PullerSettings
 from puller.storage_config import StorageEntry
@@ -118,11 +118,7 @@ class MinioProvider:
             raise
         except Exception as exc:
             raise classify(exc, entry=entry, bucket=bucket, key=key) from exc
-        if not objects and head_denied is not None:
-            raise classify(head_denied, entry=entry, bucket=bucket, key=key) from head_denied
-        if not objects:
-            raise ArtifactNotFound(where=entry.where(), path=f"s3://{bucket}/{key}")
-        return FetchPlan(objects=tuple(objects), single=False)
+        return prefix_plan(objects, head_denied, classify, entry=entry, bucket=bucket, key=key)
 
     def fetch(self, source: ObjectSource, obj: ObjectPlan, dest: Path, limits: Limits) -> None:
         entry, bucket = source.entry, source.bucket

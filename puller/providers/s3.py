@@ -65,6 +65,24 @@ def md5_from_etag(etag: str | None) -> str | None:
     return etag.lower()
 
 
+def prefix_plan(
+    objects: list[ObjectPlan],
+    head_denied: Exception | None,
+    classify_error,
+    *,
+    entry: StorageEntry,
+    bucket: str,
+    key: str,
+) -> FetchPlan:
+    """The plan for a prefix listing (boto3 or MinIO): its objects, or why there are none. A denied HEAD on
+    the key explains an empty listing better than "not found" (no permission to see it)."""
+    if not objects and head_denied is not None:
+        raise classify_error(head_denied, entry=entry, bucket=bucket, key=key) from head_denied
+    if not objects:
+        raise ArtifactNotFound(where=entry.where(), path=f"s3://{bucket}/{key}")
+    return FetchPlan(objects=tuple(objects), single=False)
+
+
 def classify(exc: Exception, *, entry: StorageEntry, bucket: str, key: str) -> Exception:
     """Map a botocore exception to a puller error (or Transient to retry). Never includes secrets."""
     if isinstance(exc, bce.ClientError):
@@ -155,11 +173,7 @@ class Boto3Provider:
                     )
         except Exception as exc:
             raise classify(exc, entry=entry, bucket=bucket, key=key) from exc
-        if not objects and head_denied is not None:
-            raise classify(head_denied, entry=entry, bucket=bucket, key=key) from head_denied
-        if not objects:
-            raise ArtifactNotFound(where=entry.where(), path=f"s3://{bucket}/{key}")
-        return FetchPlan(objects=tuple(objects), single=False)
+        return prefix_plan(objects, head_denied, classify, entry=entry, bucket=bucket, key=key)
 
     def fetch(self, source: ObjectSource, obj: ObjectPlan, dest: Path, limits: Limits) -> None:
         entry, bucket = source.entry, source.bucket
