@@ -103,20 +103,23 @@ def test_failing_model_is_tried_elsewhere_then_reported_failed(cluster):
 
 
 def test_hot_model_gains_copies_and_loses_them_when_cold(cluster, samples):  # noqa: F811
-    hot = many_models(samples)[30]
+    hot, capped = many_models(samples)[30], many_models(samples)[31]
     admin = cluster.client(0)
     admin.register(hot["id"], hot["type"], hot["path"])
+    admin.register(capped["id"], capped["type"], capped["path"], max_copies=1)  # just as hot, but capped
     infer(admin, hot)
+    infer(admin, capped)
     stop = threading.Event()
     errors: list[Exception] = []
 
     def drive(i):
         c = cluster.client(i)
         while not stop.is_set():
-            try:
-                infer(c, hot)
-            except Exception as exc:  # a failed request fails the test below
-                errors.append(exc)
+            for m in (hot, capped):
+                try:
+                    infer(c, m)
+                except Exception as exc:  # a failed request fails the test below
+                    errors.append(exc)
             time.sleep(0.05)
 
     threads = [threading.Thread(target=drive, args=(i,), daemon=True) for i in range(3)]
@@ -126,6 +129,8 @@ def test_hot_model_gains_copies_and_loses_them_when_cold(cluster, samples):  # n
         wait_for(
             lambda: len(copies(admin, hot["id"])) >= 2, timeout=60, what="a second copy of the hot model"
         )
+        time.sleep(3)  # several more scaling checks at the same rate
+        assert len(copies(admin, capped["id"])) + len(copies(admin, capped["id"], "LOADING")) == 1
     finally:
         stop.set()
         for t in threads:
