@@ -422,16 +422,32 @@ class Pod:
             if remaining <= 0:
                 log.warning("shutdown deadline reached before every model was migrated")
                 return
+            rec = self.view.model(entry.model_id)
+            if rec is None:
+                continue
+            instances = self.view.instances()
+            elsewhere = [
+                i
+                for i in rec.loaded
+                if i != self.instance_id and i in instances and not instances[i].shutting_down
+            ]
+            if elsewhere:
+                continue  # another copy already serves it
             try:
+                # an additional copy (not a first load: this pod's own claim stands until it leaves)
                 target = await asyncio.wait_for(
-                    self.placer.ensure_loaded(
-                        entry.model_id, last_used=entry.last_used, exclude={self.instance_id}
+                    self.placer.add_copy(
+                        entry.model_id, size=entry.size, last_used=entry.last_used, exclude={self.instance_id}
                     ),
                     timeout=remaining,
                 )
-                log.info("migrated %s to %s before shutdown", entry.model_id, target)
             except (MeshError, TimeoutError) as exc:
                 log.warning("could not migrate %s: %s", entry.model_id, exc)
+                continue
+            if target is None:
+                log.warning("could not migrate %s: no other pod can take it", entry.model_id)
+            else:
+                log.info("migrated %s to %s before shutdown", entry.model_id, target)
 
 
 def _configure_logging(level: str) -> None:
