@@ -49,9 +49,6 @@ class ClusterView:
     def alive(self) -> set[str]:
         return set(self._instances.items())
 
-    def is_alive(self, instance_id: str) -> bool:
-        return self._instances.get(instance_id) is not None
-
     def reserve(self, instance_id: str, size: int) -> None:
         """Remember a load this pod just placed on ``instance_id`` until that pod republishes its record, so
         a burst of misses does not pile onto a pod whose published free space is a second old."""

@@ -77,10 +77,6 @@ class Loader:
         self.default_size = default_model_size or info.default_model_size
         self._sem = asyncio.Semaphore(info.max_loading_concurrency)
 
-    @property
-    def loads_in_progress(self) -> int:
-        return self.cache.loading_count()
-
     # ------------------------------------------------------------------ loading
     async def ensure_local(
         self, model_id: str, *, last_used: int, exclusive: bool, unreachable: frozenset[str] = frozenset()
