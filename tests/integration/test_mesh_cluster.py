@@ -5,13 +5,12 @@ from __future__ import annotations
 import concurrent.futures as cf
 import threading
 import time
-import uuid
 
 import numpy as np
 import pytest
 
 from mesh.client import MeshClientError
-from tests.support.mesh_cluster import FAST_POD_ARGS, MeshTestCluster, wait_for
+from tests.support.mesh_cluster import make_cluster, wait_for
 from tests.support.samples import samples  # noqa: F401  (fixture)
 
 SCALING_ARGS = (
@@ -40,20 +39,9 @@ def copies(client, model_id, state="LOADED"):
     return [c["location"] for c in client.status(model_id)["copies"] if c["status"] == state]
 
 
-def make_cluster(etcd, samples, pods=3, capacity=2_000_000, extra=()):  # noqa: F811
-    return MeshTestCluster(
-        pods=pods,
-        capacity=capacity,
-        models_dir=samples["dir"],
-        etcd=etcd,
-        kv_root=f"/mmtest/{uuid.uuid4().hex}/",
-        pod_args=(*FAST_POD_ARGS, *extra),
-    )
-
-
 @pytest.fixture(scope="module")
 def cluster(etcd_server, samples):  # noqa: F811
-    c = make_cluster(etcd_server.endpoint, samples, capacity=220_000, extra=SCALING_ARGS)
+    c = make_cluster(etcd_server.endpoint, samples, pods=3, capacity=220_000, extra=SCALING_ARGS)
     c.start()
     try:
         yield c

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import signal
-import uuid
 
 import grpc
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 from mesh.client import MeshClientError, build_infer_request
 from protos.inference import grpc_predict_v2_pb2 as v2
 from protos.inference import grpc_predict_v2_pb2_grpc as v2_grpc
-from tests.support.mesh_cluster import FAST_POD_ARGS, MeshTestCluster, wait_for
+from tests.support.mesh_cluster import make_cluster, wait_for
 from tests.support.samples import samples  # noqa: F401  (fixture)
 
 CAPACITY = 2_000_000
@@ -21,14 +20,7 @@ CAPACITY = 2_000_000
 
 @pytest.fixture
 def pod(etcd_server, samples):  # noqa: F811
-    cluster = MeshTestCluster(
-        pods=1,
-        capacity=CAPACITY,
-        models_dir=samples["dir"],
-        etcd=etcd_server.endpoint,
-        kv_root=f"/mmtest/{uuid.uuid4().hex}/",
-        pod_args=FAST_POD_ARGS,
-    )
+    cluster = make_cluster(etcd_server.endpoint, samples, capacity=CAPACITY)
     cluster.start()
     try:
         yield cluster
@@ -94,14 +86,7 @@ def test_concurrent_first_requests_share_one_load(pod, samples):  # noqa: F811
 
 @pytest.fixture
 def small_pod(etcd_server, samples):  # noqa: F811
-    cluster = MeshTestCluster(
-        pods=1,
-        capacity=200_000,
-        models_dir=samples["dir"],
-        etcd=etcd_server.endpoint,
-        kv_root=f"/mmtest/{uuid.uuid4().hex}/",
-        pod_args=FAST_POD_ARGS,
-    )
+    cluster = make_cluster(etcd_server.endpoint, samples, capacity=200_000)
     cluster.start()
     try:
         yield cluster

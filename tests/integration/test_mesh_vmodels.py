@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import uuid
 
 import grpc
 import numpy as np
@@ -23,20 +22,13 @@ from mesh.kv.client import KvClient
 from mesh.kv.keys import Keys
 from mesh.kv.records import ModelRecord, VModelRecord
 from protos.inference import grpc_predict_v2_pb2_grpc as v2_grpc
-from tests.support.mesh_cluster import FAST_POD_ARGS, MeshTestCluster, wait_for
+from tests.support.mesh_cluster import make_cluster, wait_for
 from tests.support.samples import samples  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
 def mesh(etcd_server, samples):  # noqa: F811
-    cluster = MeshTestCluster(
-        pods=2,
-        capacity=2_000_000,
-        models_dir=samples["dir"],
-        etcd=etcd_server.endpoint,
-        kv_root=f"/mmtest/{uuid.uuid4().hex}/",
-        pod_args=FAST_POD_ARGS,
-    )
+    cluster = make_cluster(etcd_server.endpoint, samples, pods=2)
     cluster.start()
     try:
         yield cluster

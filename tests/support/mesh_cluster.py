@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import grpc
@@ -76,6 +77,20 @@ class MeshTestCluster(LocalCluster):
         return log_tail(Path(self.pods[index].log_path), 200)
 
 
+def make_cluster(etcd: str, samples: dict, *, pods: int = 1, capacity: int = 2_000_000, extra=(), **kwargs):
+    """A MeshTestCluster on ``etcd`` serving the sample models, under a fresh key root, with the fast test
+    timings plus ``extra`` pod flags (not started: use it as a context manager or call start())."""
+    return MeshTestCluster(
+        pods=pods,
+        capacity=capacity,
+        models_dir=samples["dir"],
+        etcd=etcd,
+        kv_root=f"/mmtest/{uuid.uuid4().hex}/",
+        pod_args=(*FAST_POD_ARGS, *extra),
+        **kwargs,
+    )
+
+
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, what: str = "condition"):
     deadline = time.monotonic() + timeout
     last = None
@@ -87,4 +102,4 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, what: str 
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
-__all__ = ["FAST_POD_ARGS", "MeshTestCluster", "free_port", "wait_for"]
+__all__ = ["FAST_POD_ARGS", "MeshTestCluster", "free_port", "make_cluster", "wait_for"]
