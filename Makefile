@@ -21,7 +21,7 @@ $(MLSERVER_STAMP): scripts/mlserver_venv.sh
 	PY=$(PY) scripts/mlserver_venv.sh .venv-mlserver
 
 demo: $(STAMP)
-	$(BIN)/python -m mesh.demo
+	$(BIN)/python -m mesh.devtools.demo
 
 test: $(STAMP) $(MLSERVER_STAMP)
 	$(BIN)/ruff check .

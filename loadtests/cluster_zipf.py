@@ -58,8 +58,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.common import MODEL_INFER, machine_info, markdown_table, percentile, write_results
 from mesh.client import MODEL_ID_HEADER, MeshClient, build_infer_request, decode_outputs
-from mesh.demo import ensure_samples
-from mesh.devcluster import REPO_ROOT, LocalCluster, disable_grpc_fork_handlers, pick_base_port
+from mesh.devtools.cluster import REPO_ROOT, LocalCluster, disable_grpc_fork_handlers, pick_base_port
+from mesh.devtools.demo import ensure_samples
 from mesh.kv.client import KvClient
 from mesh.kv.keys import Keys
 from mesh.kv.records import ModelRecord

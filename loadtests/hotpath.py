@@ -26,8 +26,8 @@ import psutil
 
 from loadtests.common import closed_loop, machine_info, markdown_table, summarize, write_results
 from mesh.client import MODEL_ID_HEADER, MeshClient, build_infer_request
-from mesh.demo import DEFAULT_MODELS_DIR, ensure_samples, sample_entries
-from mesh.devcluster import LocalCluster, pick_base_port
+from mesh.devtools.cluster import LocalCluster, pick_base_port
+from mesh.devtools.demo import DEFAULT_MODELS_DIR, ensure_samples, sample_entries
 
 
 def pick_sklearn_model(models: list[dict[str, Any]]) -> dict[str, Any]:

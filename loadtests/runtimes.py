@@ -28,8 +28,8 @@ import grpc
 
 from loadtests.common import closed_loop, machine_info, markdown_table, summarize, write_results
 from mesh.client import MODEL_ID_HEADER, MeshClient, build_infer_request
-from mesh.demo import DEFAULT_MODELS_DIR, ensure_samples, sample_entries
-from mesh.devcluster import LocalCluster
+from mesh.devtools.cluster import LocalCluster
+from mesh.devtools.demo import DEFAULT_MODELS_DIR, ensure_samples, sample_entries
 from protos.mmesh import model_runtime_pb2 as rt
 from protos.mmesh import model_runtime_pb2_grpc as rt_grpc
 

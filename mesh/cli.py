@@ -1,7 +1,7 @@
 """The ``mesh`` command line: run a local cluster or one pod, and talk to a running pod.
 
 Owns argument parsing and human-readable output only; the work is done elsewhere:
-``mesh up`` → ``mesh.devcluster.LocalCluster``; ``mesh serve`` → ``mesh.pod.main`` (the pod's own flags,
+``mesh up`` → ``mesh.devtools.cluster.LocalCluster``; ``mesh serve`` → ``mesh.pod.main`` (the pod's own flags,
 from ``mesh.settings``); every other subcommand → ``mesh.client.MeshClient`` against ``--address``
 (default 127.0.0.1:8033, or ``MESH_ADDRESS``). Failures print ``error: <CODE>: <message>`` on stderr and
 exit with status 1 (2 for usage errors, as argparse does).
@@ -311,7 +311,7 @@ def _raise_stop(signum: int, frame: Any) -> None:
 
 def run_up(args: argparse.Namespace) -> int:
     """``mesh up``: start the cluster, print addresses, stay in the foreground until Ctrl-C / SIGTERM."""
-    from mesh.devcluster import ClusterStartError, LocalCluster
+    from mesh.devtools.cluster import ClusterStartError, LocalCluster
 
     models_dir = Path(args.models_dir)
     if not models_dir.is_dir():
@@ -378,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return pod_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "up":
-        from mesh.devcluster import disable_grpc_fork_handlers
+        from mesh.devtools.cluster import disable_grpc_fork_handlers
 
         disable_grpc_fork_handlers()
         return run_up(args)

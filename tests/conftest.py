@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from mesh.embedded_etcd import EmbeddedEtcd
+from mesh.devtools.etcd import EmbeddedEtcd
 from mesh.kv.client import KvClient
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from mesh.cli import main
-from mesh.demo import check_outputs, ensure_samples, sample_entries
-from mesh.devcluster import LocalCluster, pick_base_port
+from mesh.devtools.cluster import LocalCluster, pick_base_port
+from mesh.devtools.demo import check_outputs, ensure_samples, sample_entries
 
 pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("mesh.pod") is None, reason="mesh.pod not written yet"),

@@ -17,7 +17,7 @@ import threading
 import psutil
 import pytest
 
-from mesh.devcluster import REPO_ROOT, pick_base_port
+from mesh.devtools.cluster import REPO_ROOT, pick_base_port
 
 pytestmark = pytest.mark.timeout(300)  # hang guard only
 
@@ -122,7 +122,7 @@ def test_up_start_failure_cleans_up(tmp_path):
 def test_stop_kills_a_stubborn_pod_and_its_detached_child(tmp_path):
     """A 'pod' that ignores SIGTERM and has a child in its own session (as runtimes are started) is still
     cleaned up by LocalCluster.stop(): SIGKILL by PID, by recorded descendant and by process group."""
-    from mesh.devcluster import ClusterStartError, LocalCluster
+    from mesh.devtools.cluster import ClusterStartError, LocalCluster
 
     fake_python = tmp_path / "fake-python"
     fake_python.write_text("#!/bin/sh\nsetsid sleep 300 &\ntrap '' TERM\nwhile true; do sleep 1; done\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.embedded_etcd import EmbeddedEtcd, ServerTls
+from mesh.devtools.etcd import EmbeddedEtcd, ServerTls
 from mesh.errors import KvUnavailable
 from mesh.kv.client import EtcdTls, KvClient
 from tests.support.pki import make_pki

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mesh.client import MeshClientError
-from mesh.embedded_etcd import EmbeddedEtcd
+from mesh.devtools.etcd import EmbeddedEtcd
 from tests.support.mesh_cluster import FAST_POD_ARGS, MeshTestCluster, wait_for
 from tests.support.samples import samples  # noqa: F401  (fixture)
 

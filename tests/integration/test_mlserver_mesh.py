@@ -12,8 +12,8 @@ import uuid
 import pytest
 
 from mesh.client import MeshClient, MeshClientError
-from mesh.demo import check_outputs
-from mesh.devcluster import LocalCluster
+from mesh.devtools.cluster import LocalCluster
+from mesh.devtools.demo import check_outputs
 from tests.support.mlserver import mlserver_bin, mlserver_pids, repository_index, runtime_samples  # noqa: F401
 
 pytestmark = pytest.mark.timeout(240)  # hang guard only

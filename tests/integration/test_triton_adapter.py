@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mesh.client import MeshClient
-from mesh.demo import check_outputs
+from mesh.devtools.demo import check_outputs
 from protos.inference import grpc_predict_v2_pb2 as v2
 from protos.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from protos.mmesh import model_runtime_pb2 as rt

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 
 from mesh.client import MeshClient
-from mesh.devcluster import LocalCluster, free_port, log_tail
+from mesh.devtools.cluster import LocalCluster, free_port, log_tail
 from protos.inference import grpc_predict_v2_pb2 as v2
 from protos.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 

@@ -3,7 +3,7 @@
 - ``mlserver_bin`` (session): ``.venv-mlserver/bin/mlserver``; the test is skipped with a clear reason only
   when that venv is missing (``make test`` creates it through ``scripts/mlserver_venv.sh``).
 - ``runtime_samples`` (session): the sample models (``runtime_adapters.builtin.samples``) in a temp dir,
-  as ``(dir, {id: entry})`` with entries from ``mesh.demo.sample_entries``.
+  as ``(dir, {id: entry})`` with entries from ``mesh.devtools.demo.sample_entries``.
 - ``AdapterProcess``: ``python -m runtime_adapters.<name> ...`` as a subprocess (its own process group, so
   stopping it also stops the MLServer it started), with an SPI stub and ``child_pids()`` (MLServer's PID).
 - ``MeshPod``: one ``python -m mesh serve`` against the session etcd with any ``--runtime-cmd``.
@@ -27,7 +27,7 @@ import grpc
 import psutil
 import pytest
 
-from mesh.demo import sample_entries
+from mesh.devtools.demo import sample_entries
 from protos.inference import grpc_predict_v2_pb2 as v2
 from protos.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from protos.mmesh import model_runtime_pb2 as rt
@@ -184,7 +184,7 @@ class MeshPod:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 90.0) -> None:
-        from mesh.devcluster import health_serving
+        from mesh.devtools.cluster import health_serving
 
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.cmd, cwd=REPO_ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT,

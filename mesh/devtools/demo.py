@@ -1,4 +1,4 @@
-"""``python -m mesh.demo`` (``make demo``): the whole mesh end to end on one machine, checked.
+"""``python -m mesh.devtools.demo`` (``make demo``): the whole mesh end to end on one machine, checked.
 
 Owns the demo script only. It makes sure sample models exist (``runtime_adapters.builtin.samples``), starts a
 2-pod ``LocalCluster`` with a runtime capacity small enough that the samples do not all fit on one pod (so
@@ -22,7 +22,7 @@ import numpy as np
 
 from mesh.cli import format_cluster_status, format_table, human_bytes
 from mesh.client import MeshClient, MeshClientError
-from mesh.devcluster import REPO_ROOT, LocalCluster, disable_grpc_fork_handlers, pick_base_port
+from mesh.devtools.cluster import REPO_ROOT, LocalCluster, disable_grpc_fork_handlers, pick_base_port
 
 DEFAULT_MODELS_DIR = REPO_ROOT / "var" / "models"
 # Loaded sizes are measured by the built-in runtime (RSS delta, floored at the file size), so they vary from run
@@ -210,7 +210,7 @@ def run_demo(models_dir: Path, capacity: int | None, pods: int, port: int) -> in
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mesh.demo", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m mesh.devtools.demo", description=__doc__.splitlines()[0])
     p.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR))
     p.add_argument("--capacity", type=int, default=None, help="runtime capacity per pod in bytes (auto)")
     p.add_argument("--pods", type=int, default=2)

@@ -34,7 +34,7 @@ import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BASE_PORT = 8033
 DEFAULT_CAPACITY = 512 * 1024 * 1024
 DEFAULT_KV_ROOT = "/mm/local/"
@@ -294,7 +294,7 @@ class LocalCluster:
     # --- internals
 
     def _start_etcd(self) -> None:
-        from mesh.embedded_etcd import EmbeddedEtcd  # only needed when no --etcd is given
+        from mesh.devtools.etcd import EmbeddedEtcd  # only needed when no --etcd is given
 
         self._etcd = EmbeddedEtcd()
         self._etcd.start()
