@@ -7,7 +7,6 @@ and not ``.``/``..`` (which would be path components on the runtime side).
 
 from __future__ import annotations
 
-import os
 import socket
 import uuid
 from typing import NewType
@@ -50,10 +49,10 @@ def instance_id(value: str) -> InstanceId:
     return InstanceId(check_id(value, what="instance id"))
 
 
-def default_instance_id() -> InstanceId:
-    """ModelMesh uses the last 12 characters of the pod name; we use HOSTNAME when set, plus a suffix
-    that keeps two processes on one host (``mesh up``) apart."""
-    host = os.environ.get("HOSTNAME") or socket.gethostname() or "pod"
+def default_instance_id(hostname: str = "") -> InstanceId:
+    """ModelMesh uses the last 12 characters of the pod name; we use the host name (settings pass HOSTNAME
+    when set), plus a suffix that keeps two processes on one host (``mesh up``) apart."""
+    host = hostname or socket.gethostname() or "pod"
     return InstanceId(f"{host[-12:]}-{uuid.uuid4().hex[:6]}")
 
 

@@ -97,6 +97,12 @@ class MeshMetrics:
         self.runtime_restarts = Counter(
             "modelmesh_runtime_restarts_total", "Runtime process restarts", registry=r
         )
+        self.task_restarts = Counter(
+            "modelmesh_task_restarts_total",
+            "Background loops restarted after crashing or ending (by task name; a fixed set)",
+            ["task"],
+            registry=r,
+        )
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         if port:

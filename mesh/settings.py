@@ -31,6 +31,9 @@ class MeshSettings:
     instance_id: str = _opt(
         "", "MM_INSTANCE_ID", "This pod's id (default: last 12 chars of HOSTNAME + suffix)."
     )
+    hostname: str = _opt(
+        "", "HOSTNAME", "Host (Kubernetes pod) name, for the default instance id (default: the system's)."
+    )
     host: str = _opt("0.0.0.0", "MM_SVC_GRPC_HOST", "Address the external gRPC server binds.")
     port: int = _opt(8033, "MM_SVC_GRPC_PORT", "External gRPC port: management + V2 inference + health.")
     advertise_address: str = _opt(

@@ -1,34 +1,18 @@
-"""gRPC plumbing shared by the runtime's servicers: the one wrapper that maps exceptions to statuses.
+"""gRPC plumbing shared by the runtime's servicers: handler construction.
 
-Every handler the runtime serves (SPI and V2 inference) is built with ``unary_handler``, so no method can
-bypass ``mesh.errors.to_status``: handlers raise ``MeshError`` subclasses and never pick codes. Client
-errors are logged at DEBUG (per-request noise), server-side failures at WARNING, and exceptions that are
-not ``MeshError`` with their traceback, since they are bugs.
+Every handler the runtime serves (SPI and V2 inference) is built with ``unary_handler``, and the runtime's
+server runs ``mesh.boundary.ErrorBoundary``, the same interceptor as a mesh pod's: handlers raise
+``MeshError`` subclasses and never pick codes, and no method can bypass ``mesh.errors.to_status``.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
-from mesh.errors import MeshError, to_status
-
-log = logging.getLogger("runtime_adapters.rpc")
-
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-
-_CLIENT_CODES = frozenset(
-    {
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.FAILED_PRECONDITION,
-        grpc.StatusCode.ALREADY_EXISTS,
-        grpc.StatusCode.UNIMPLEMENTED,
-    }
-)
 
 
 def unary_handler(
@@ -38,24 +22,9 @@ def unary_handler(
     request_deserializer: Callable[[bytes], Any] | None = None,
     response_serializer: Callable[[Any], bytes] | None = None,
 ) -> grpc.RpcMethodHandler:
-    """A unary-unary handler around ``fn`` with the error mapping applied. ``None`` (de)serializers
-    mean raw bytes in/out."""
-
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await fn(request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            code, details = to_status(exc)
-            if not isinstance(exc, MeshError):
-                log.exception("%s failed unexpectedly", name)
-            elif code in _CLIENT_CODES:
-                log.debug("%s: %s %s", name, code.name, details)
-            else:
-                log.warning("%s: %s %s", name, code.name, details)
-            await context.abort(code, details)
-
+    """A unary-unary handler around ``fn``. ``None`` (de)serializers mean raw bytes in/out. ``name`` names
+    the method in the boundary's logs."""
+    del name  # the boundary logs the full method name it receives
     return grpc.unary_unary_rpc_method_handler(
-        call, request_deserializer=request_deserializer, response_serializer=response_serializer
+        fn, request_deserializer=request_deserializer, response_serializer=response_serializer
     )

@@ -9,7 +9,7 @@ idempotent (an unknown model is success). predictModelSize never downloads: it s
 every loaded model first, because the mesh calls it only when it (re)starts and a fresh mesh must find an
 empty runtime (modelmesh.md §1.2).
 
-Error mapping happens in ``rpc.unary_handler``; this module raises ``mesh.errors`` classes and lets the
+Error mapping happens in the server's ``mesh.boundary.ErrorBoundary``; this module raises ``mesh.errors`` classes and lets the
 puller's own ``MeshError`` subclasses (whose messages name the cause) pass through unchanged.
 """
 
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from mesh.boundary import ErrorBoundary
 from mesh.errors import MeshError, ModelLoadFailed
 from mesh.ids import check_id
 from protos.mmesh import model_runtime_pb2 as pb
@@ -286,7 +287,9 @@ async def start_server(
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.aio.server(options=options)
+    server = grpc.aio.server(
+        options=options, interceptors=[ErrorBoundary(logging.getLogger("runtime_adapters.rpc"))]
+    )
     server.add_generic_rpc_handlers((servicer.generic_handler(), *adapter.serving_handlers()))
     address = f"{settings.host}:{settings.port}"
     if settings.tls_cert and settings.tls_key:

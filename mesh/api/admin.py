@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.cluster.status import model_status
-from mesh.cluster.view import ClusterView
-from mesh.errors import abort
+from mesh.cluster.view import ViewHolder
 from mesh.local.cache import LocalCache
-from mesh.local.loader import now_ms
 from protos.meshadmin import admin_pb2 as pb
 from protos.meshadmin import admin_pb2_grpc as pb_grpc
 
@@ -18,28 +17,28 @@ class MeshAdminServicer(pb_grpc.MeshAdminServicer):
         self,
         *,
         instance_id: str,
-        view: ClusterView,
+        views: ViewHolder,
         cache: LocalCache,
         is_leader: Callable[[], str | None],
         failure_expiry_ms: int,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.instance_id = instance_id
-        self.view = view
+        self.views = views
+        self.clock = clock
         self.cache = cache
         self.leader_id = is_leader
         self.failure_expiry_ms = failure_expiry_ms
 
     async def ClusterStatus(self, request: pb.ClusterStatusRequest, context):
-        try:
-            return self._status(request.include_models)
-        except Exception as exc:
-            await abort(context, exc)
+        return self._status(request.include_models)
 
     def _status(self, include_models: bool) -> pb.ClusterStatusResponse:
-        now = now_ms()
+        now = self.clock.now_ms()
+        view = self.views.current
         leader = self.leader_id()
         resp = pb.ClusterStatusResponse(responding_instance=self.instance_id)
-        for iid, rec in sorted(self.view.instances().items()):
+        for iid, rec in sorted(view.instances.items()):
             resp.instances.append(
                 pb.InstanceStatus(
                     instance_id=iid,
@@ -57,8 +56,8 @@ class MeshAdminServicer(pb_grpc.MeshAdminServicer):
                 )
             )
         if include_models:
-            alive = self.view.alive()
-            for model_id, rec in sorted(self.view.models().items()):
+            alive = view.alive()
+            for model_id, rec in sorted(view.models.items()):
                 local = self.cache.get(model_id)
                 st = model_status(
                     rec,

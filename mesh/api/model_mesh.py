@@ -1,29 +1,33 @@
-"""The ``mmesh.ModelMesh`` management servicer: translates protobuf to calls on the cluster modules.
+"""The ``mmesh.ModelMesh`` management servicer: translates protobuf to calls on the cluster modules and back.
 
-Every method runs inside ``guard`` so errors reach the client through mesh.errors' single mapping. Loads
+Handlers raise ``MeshError``s; the pod's error boundary (``mesh.boundary``) maps them to statuses. Loads
 requested here (``loadNow``, ``ensureLoaded``) go through the same placement as inference misses
-(``Placer``); ``sync`` waits for the load, otherwise it continues in the background.
+(``mesh.cluster.availability``); ``sync`` waits for the load, otherwise it continues in the background. This
+is also the one place that turns model and vModel states into their protobuf messages.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
+from collections.abc import Callable
 
 import grpc
 
-from mesh.cluster.placer import Placer
+from mesh.clock import SYSTEM_CLOCK, Clock
+from mesh.cluster.availability import Availability
 from mesh.cluster.registry import ModelSpec, Registry
 from mesh.cluster.status import ModelStatus, model_status
-from mesh.cluster.view import ClusterView
-from mesh.cluster.vmodels import VModels
+from mesh.cluster.view import ViewHolder
+from mesh.cluster.vmodel_plans import SetRequest, vmodel_status
+from mesh.cluster.vmodels import SetOptions, VModels
 from mesh.dataplane import headers as h
-from mesh.errors import InvalidRequest, KvUnavailable, MeshError, abort
+from mesh.errors import InvalidRequest, KvUnavailable, MeshError
 from mesh.ids import check_id
+from mesh.kv.records import VModelRecord
 from mesh.local.cache import LocalCache
-from mesh.local.loader import Loader, now_ms
-from mesh.tasks import log_failure
+from mesh.local.loader import Loader
+from mesh.tasks import TaskSupervisor
 from protos.mmesh import model_mesh_pb2 as pb
 from protos.mmesh import model_mesh_pb2_grpc as pb_grpc
 
@@ -31,19 +35,8 @@ log = logging.getLogger(__name__)
 
 _STATUS = pb.ModelStatusInfo.ModelStatus
 SYNC_SETTLE_S = 5.0
-
-
-def guard(fn):
-    @functools.wraps(fn)
-    async def wrapper(self, request, context):
-        try:
-            return await fn(self, request, context)
-        except Exception as exc:
-            if not isinstance(exc, MeshError):
-                log.exception("%s failed", fn.__name__)
-            await abort(context, exc)
-
-    return wrapper
+SETTLE_POLL_S = 0.02
+LOAD_NOW_AGE_MS = 3_600_000  # loadNow without lastUsedTime: an hour ago, never displacing active models
 
 
 def to_proto(status: ModelStatus) -> pb.ModelStatusInfo:
@@ -65,43 +58,45 @@ class ModelMeshServicer(pb_grpc.ModelMeshServicer):
         *,
         instance_id: str,
         registry: Registry,
-        view: ClusterView,
+        views: ViewHolder,
         cache: LocalCache,
         loader: Loader,
-        placer: Placer,
-        vmodels: VModels,
+        availability: Availability,
         failure_expiry_ms: int,
-        kv_healthy,
+        kv_healthy: Callable[[], bool],
+        tasks: TaskSupervisor,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.instance_id = instance_id
         self.registry = registry
-        self.view = view
+        self.views = views
         self.cache = cache
         self.loader = loader
-        self.placer = placer
-        self.vmodels = vmodels
+        self.availability = availability
         self.failure_expiry_ms = failure_expiry_ms
         self._kv_healthy = kv_healthy
-        self._background: set[asyncio.Task] = set()
+        self.tasks = tasks
+        self.clock = clock
+        self.vmodels: VModels | None = None  # set by the pod (VModels loads through this servicer)
 
     def status_of(self, model_id: str) -> ModelStatus:
+        view = self.views.current
         return model_status(
-            self.registry.get(model_id),
+            view.model(model_id),
             self_id=self.instance_id,
             local=self.cache.get(model_id),
-            alive=self.view.alive(),
-            now_ms=now_ms(),
+            alive=view.alive(),
+            now_ms=self.clock.now_ms(),
             failure_expiry_ms=self.failure_expiry_ms,
         )
 
     async def _settled_status(self, model_id: str) -> ModelStatus:
         """Status after a sync load. The loading pod records LOADED in etcd just after it starts serving,
         so this pod's watch-fed view may trail by a moment: wait for it (bounded) rather than say LOADING."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + SYNC_SETTLE_S
+        deadline = self.clock.monotonic() + SYNC_SETTLE_S
         status = self.status_of(model_id)
-        while status.status == "LOADING" and loop.time() < deadline:
-            await asyncio.sleep(0.02)
+        while status.status == "LOADING" and self.clock.monotonic() < deadline:
+            await asyncio.sleep(SETTLE_POLL_S)
             status = self.status_of(model_id)
         return status
 
@@ -110,23 +105,21 @@ class ModelMeshServicer(pb_grpc.ModelMeshServicer):
             raise KvUnavailable("etcd is unreachable; management operations are unavailable")
 
     async def load_and_status(
-        self, model_id: str, *, sync: bool, last_used: int, local_only: bool = False, copy: bool = False
+        self, model_id: str, sync: bool, last_used: int, *, local_only: bool = False, copy: bool = False
     ) -> ModelStatus:
-        coro = self.placer.ensure_loaded(model_id, last_used=last_used, local_only=local_only, copy=copy)
+        coro = self.availability.ensure_loaded(
+            model_id, last_used=last_used, local_only=local_only, copy=copy
+        )
         if sync:
             try:
                 await coro
             except MeshError as exc:
                 log.info("sync load of %s failed: %s", model_id, exc.message)
             return await self._settled_status(model_id)
-        task = asyncio.create_task(coro, name=f"mesh:ensure:{model_id}")
-        self._background.add(task)
-        task.add_done_callback(log_failure)
-        task.add_done_callback(self._background.discard)
+        self.tasks.spawn(f"mesh:ensure:{model_id}", coro)
         await asyncio.sleep(0)
         return self.status_of(model_id)
 
-    @guard
     async def registerModel(self, request: pb.RegisterModelRequest, context):
         model_id = check_id(request.modelId)
         info = request.modelInfo
@@ -143,13 +136,10 @@ class ModelMeshServicer(pb_grpc.ModelMeshServicer):
             last_used=request.lastUsedTime,
         )
         if request.loadNow:
-            st = await self.load_and_status(
-                model_id, sync=request.sync, last_used=request.lastUsedTime or now_ms() - 3_600_000
-            )
-            return to_proto(st)
+            last_used = request.lastUsedTime or self.clock.now_ms() - LOAD_NOW_AGE_MS
+            return to_proto(await self.load_and_status(model_id, request.sync, last_used))
         return to_proto(self.status_of(model_id))
 
-    @guard
     async def unregisterModel(self, request: pb.UnregisterModelRequest, context):
         model_id = check_id(request.modelId)
         self._check_kv()
@@ -157,46 +147,79 @@ class ModelMeshServicer(pb_grpc.ModelMeshServicer):
         self.loader.drop_local(model_id, reason="unregistered")
         return pb.UnregisterModelResponse()
 
-    @guard
     async def getModelStatus(self, request: pb.GetStatusRequest, context):
         model_id = check_id(request.modelId)
         return to_proto(self.status_of(model_id))
 
-    @guard
     async def ensureLoaded(self, request: pb.EnsureLoadedRequest, context):
         model_id = check_id(request.modelId)
         md = h.parse_metadata(context.invocation_metadata())
-        if self.registry.get(model_id) is None and await self.registry.get_strong(model_id) is None:
+        if self.views.current.model(model_id) is None and await self.registry.get_strong(model_id) is None:
             return to_proto(self.status_of(model_id))
         st = await self.load_and_status(
             model_id,
-            sync=request.sync,
-            last_used=request.lastUsedTime or now_ms(),
+            request.sync,
+            request.lastUsedTime or self.clock.now_ms(),
             local_only=md.internal in (h.INTERNAL_LOAD, h.INTERNAL_COPY),
             copy=md.internal == h.INTERNAL_COPY,
         )
         return to_proto(st)
 
     # ---- vmodels
-    @guard
+    def _vmodels(self) -> VModels:
+        assert self.vmodels is not None, "the pod wires VModels before serving"
+        return self.vmodels
+
     async def setVModel(self, request: pb.SetVModelRequest, context):
         self._check_kv()
-        return await self.vmodels.set_vmodel(request, self)
+        vmodel_id = check_id(request.vModelId, what="vmodel id")
+        target = check_id(request.targetModelId, what="target model id")
+        if request.expectedTargetModelId:
+            check_id(request.expectedTargetModelId, what="expected target model id")
+        create = None
+        if request.HasField("modelInfo"):
+            info = request.modelInfo
+            if not info.type:
+                raise InvalidRequest("modelInfo.type must not be empty")
+            create = ModelSpec(type=info.type, path=info.path, key=info.key)
+        await self._vmodels().set_vmodel(
+            SetRequest(
+                vmodel_id=vmodel_id,
+                target=target,
+                owner=request.owner,
+                update_only=request.updateOnly,
+                expected_target=request.expectedTargetModelId,
+                force=request.force,
+            ),
+            SetOptions(
+                create=create,
+                auto_delete=request.autoDeleteTargetModel,
+                load_now=request.loadNow,
+                sync=request.sync,
+            ),
+        )
+        return self._vmodel_proto(self._vmodels().get(vmodel_id, request.owner))
 
-    @guard
     async def deleteVModel(self, request: pb.DeleteVModelRequest, context):
         self._check_kv()
-        await self.vmodels.delete_vmodel(check_id(request.vModelId, what="vmodel id"), request.owner)
+        await self._vmodels().delete_vmodel(check_id(request.vModelId, what="vmodel id"), request.owner)
         return pb.DeleteVModelResponse()
 
-    @guard
     async def getVModelStatus(self, request: pb.GetVModelStatusRequest, context):
-        return self.vmodels.status_proto(check_id(request.vModelId, what="vmodel id"), request.owner, self)
+        vmodel_id = check_id(request.vModelId, what="vmodel id")
+        return self._vmodel_proto(self._vmodels().get(vmodel_id, request.owner))
 
-    async def close(self) -> None:
-        for t in list(self._background):
-            t.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+    def _vmodel_proto(self, rec: VModelRecord | None) -> pb.VModelStatusInfo:
+        if rec is None:
+            return pb.VModelStatusInfo(status=pb.VModelStatusInfo.NOT_FOUND)
+        return pb.VModelStatusInfo(
+            status=pb.VModelStatusInfo.VModelStatus.Value(vmodel_status(rec)),
+            activeModelId=rec.active,
+            targetModelId=rec.target,
+            owner=rec.owner,
+            activeModelStatus=to_proto(self.status_of(rec.active)) if rec.active else None,
+            targetModelStatus=to_proto(self.status_of(rec.target)) if rec.target else None,
+        )
 
 
 def _copy_bounds(metadata) -> tuple[int, int]:

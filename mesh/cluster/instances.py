@@ -14,15 +14,16 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.errors import MeshError
 from mesh.kv.records import InstanceRecord
 from mesh.kv.table import Table
-from mesh.local.loader import now_ms
+from mesh.tasks import wait_event
 
 log = logging.getLogger(__name__)
 
 
-def significant(old: InstanceRecord | None, new: InstanceRecord) -> bool:
+def significant(old: InstanceRecord | None, new: InstanceRecord, now_ms: int) -> bool:
     if old is None:
         return True
     if old.shutting_down != new.shutting_down or old.address != new.address or old.labels != new.labels:
@@ -41,7 +42,7 @@ def significant(old: InstanceRecord | None, new: InstanceRecord) -> bool:
         return True
     if old.lru_time != new.lru_time:
         delta = abs(new.lru_time - old.lru_time)
-        age = max(1, now_ms() - min(old.lru_time or now_ms(), new.lru_time or now_ms()))
+        age = max(1, now_ms - min(old.lru_time or now_ms, new.lru_time or now_ms))
         if delta >= 20_000 and delta >= age / 16:
             return True
     return False
@@ -58,6 +59,7 @@ class InstancePublisher:
         interval_s: float = 5.0,
         min_period_s: float = 1.0,
         on_write: Callable[[], None] = lambda: None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.instance_id = instance_id
         self.table = table
@@ -66,10 +68,10 @@ class InstancePublisher:
         self.interval_s = interval_s
         self.min_period_s = min_period_s
         self.on_write = on_write
+        self.clock = clock
         self._poke = asyncio.Event()
         self._last: InstanceRecord | None = None
         self._last_write = 0.0
-        self._task: asyncio.Task | None = None
 
     def poke(self) -> None:
         self._poke.set()
@@ -79,36 +81,31 @@ class InstancePublisher:
         if lease is None:
             return
         new = self.build()
-        loop = asyncio.get_running_loop()
-        stale = loop.time() - self._last_write > 4 * self.interval_s
+        now = self.clock.monotonic()
+        stale = now - self._last_write > 4 * self.interval_s
         current = self.table.get(self.instance_id)
-        if not force and current is not None and not stale and not significant(self._last, new):
+        if (
+            not force
+            and current is not None
+            and not stale
+            and not significant(self._last, new, self.clock.now_ms())
+        ):
             return
         await self.table.update(self.instance_id, lambda cur: new, lease=lease)
         self._last = new
-        self._last_write = loop.time()
+        self._last_write = now
         self.on_write()
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+        """The publishing loop (supervised by the pod): on each poke or interval, at most once a
+        ``min_period_s``."""
         while True:
-            try:
-                await asyncio.wait_for(self._poke.wait(), timeout=self.interval_s)
-            except TimeoutError:
-                pass
+            await wait_event(self._poke, self.interval_s)
             self._poke.clear()
-            wait = self.min_period_s - (loop.time() - self._last_write)
+            wait = self.min_period_s - (self.clock.monotonic() - self._last_write)
             if wait > 0:
                 await asyncio.sleep(wait)
             try:
                 await self.publish()
             except MeshError as exc:
-                log.warning("could not publish instance record: %s", exc)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="mesh:publisher")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+                log.warning("could not publish instance record: %s", exc.message)

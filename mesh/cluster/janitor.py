@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from mesh.cluster.placer import Placer
+from mesh.clock import SYSTEM_CLOCK, Clock
+from mesh.cluster.availability import Availability
 from mesh.cluster.registry import Registry
-from mesh.cluster.view import ClusterView
+from mesh.cluster.view import ViewHolder
 from mesh.kv.records import InstanceRecord
 from mesh.local.cache import EntryState, LocalCache
-from mesh.local.loader import Loader, now_ms
-from mesh.tasks import every, log_failure
+from mesh.local.loader import Loader
+from mesh.tasks import TaskSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class Janitor:
         loader: Loader,
         interval_s: float,
         idle_unload_s: float = 0.0,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.instance_id = instance_id
         self.registry = registry
@@ -48,10 +50,11 @@ class Janitor:
         self.loader = loader
         self.interval_s = interval_s
         self.idle_unload_s = idle_unload_s
+        self.clock = clock
 
     async def run_once(self) -> None:
         me = self.instance_id
-        now = now_ms()
+        now = self.clock.now_ms()
         touches = 0
         for entry in self.cache.entries():
             if entry.state is not EntryState.ACTIVE:
@@ -78,44 +81,46 @@ class Janitor:
                 log.info("janitor: removing stale claim of %s by this pod", model_id)
                 await self.registry.remove_copy(model_id, me)
 
-    async def run(self) -> None:
-        await every(self.interval_s, self.run_once, what="janitor run")
-
 
 class Reaper:
     def __init__(
         self,
         *,
         registry: Registry,
-        view: ClusterView,
+        views: ViewHolder,
         failure_expiry_ms: int,
         interval_s: float,
-        placer: Placer | None = None,
+        availability: Availability,
+        tasks: TaskSupervisor,
         replace_lost: bool = True,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.registry = registry
-        self.view = view
+        self.views = views
         self.failure_expiry_ms = failure_expiry_ms
         self.interval_s = interval_s
-        self.placer = placer
+        self.availability = availability
+        self.tasks = tasks
         self.replace_lost = replace_lost
+        self.clock = clock
         self.is_leader = False
-        self._kick = asyncio.Event()
+        self.kick = asyncio.Event()
         self._reloads: set[asyncio.Task] = set()
 
     def on_instance_change(
         self, instance_id: str, old: InstanceRecord | None, new: InstanceRecord | None
     ) -> None:
         if new is None and old is not None:
-            self._kick.set()
+            self.kick.set()
 
     async def sweep(self) -> int:
         """Remove dead instances from every record, reload elsewhere the models that lost their only copies,
         top up models below their minimum copies, and expire old failures; returns records changed."""
-        alive = self.view.alive()
-        now = now_ms()
+        view = self.views.current
+        alive = view.alive()
+        now = self.clock.now_ms()
         changed = 0
-        for model_id, rec in list(self.view.models().items()):
+        for model_id, rec in list(view.models.items()):
             dead = {i for i in rec.instances if i not in alive}
             if dead:
                 log.info("reaper: removing dead instances %s from %s", sorted(dead), model_id)
@@ -125,7 +130,7 @@ class Reaper:
                 if lost_loaded and len(rec.instances) == len(dead) and self.replace_lost:
                     self._reload(model_id, rec.last_used or now)
             live = [i for i in rec.instances if i in alive]
-            if rec.min_copies and len(live) < rec.min_copies and self.placer is not None:
+            if rec.min_copies and len(live) < rec.min_copies:
                 self._top_up(model_id, rec.min_copies - len(live), set(live))
             if len(rec.recent_failures(now, self.failure_expiry_ms)) != len(rec.failures):
                 await self.registry.expire_failures(model_id, self.failure_expiry_ms)
@@ -133,19 +138,21 @@ class Reaper:
         return changed
 
     def _reload(self, model_id: str, last_used: int) -> None:
-        if self.placer is None or len(self._reloads) >= MAX_PARALLEL_RELOADS:
+        if len(self._reloads) >= MAX_PARALLEL_RELOADS:
             return
         log.info("reaper: %s lost its only copy with a dead pod; loading it elsewhere", model_id)
-        self._track(self.placer.ensure_loaded(model_id, last_used=last_used), f"mesh:reload:{model_id}")
+        self._track(self.availability.ensure_loaded(model_id, last_used=last_used), f"mesh:reload:{model_id}")
 
     def _top_up(self, model_id: str, missing: int, holders: set[str]) -> None:
-        if self.placer is None or len(self._reloads) >= MAX_PARALLEL_RELOADS:
+        if len(self._reloads) >= MAX_PARALLEL_RELOADS:
             return
-        size = self.placer.loader.default_size
+        size = self.availability.default_size
 
         async def add() -> None:
             for _ in range(missing):
-                target = await self.placer.add_copy(model_id, size=size, last_used=now_ms(), exclude=holders)
+                target = await self.availability.add_copy(
+                    model_id, size=size, last_used=self.clock.now_ms(), exclude=holders
+                )
                 if target is None:
                     return
                 holders.add(target)
@@ -153,19 +160,10 @@ class Reaper:
         self._track(add(), f"mesh:min-copies:{model_id}")
 
     def _track(self, coro, name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
+        task = self.tasks.spawn(name, coro)
         self._reloads.add(task)
         task.add_done_callback(self._reloads.discard)
-        task.add_done_callback(log_failure)
 
-    async def close(self) -> None:
-        for t in list(self._reloads):
-            t.cancel()
-        await asyncio.gather(*self._reloads, return_exceptions=True)
-
-    async def run(self) -> None:
-        async def sweep_if_leader() -> None:
-            if self.is_leader:
-                await self.sweep()
-
-        await every(self.interval_s, sweep_if_leader, what="reaper sweep", kick=self._kick)
+    async def sweep_if_leader(self) -> None:
+        if self.is_leader:
+            await self.sweep()

@@ -8,10 +8,11 @@ on a cache hit. Mutations are pure functions of the current record so a CAS retr
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-from mesh.errors import AlreadyExists, FailedPrecondition, ModelNotFound
+from mesh.clock import SYSTEM_CLOCK, Clock
+from mesh.errors import AlreadyExists, FailedPrecondition, LoadedElsewhere, ModelNotFound
 from mesh.kv.records import ModelRecord
 from mesh.kv.table import Table
 
@@ -31,23 +32,15 @@ class ModelSpec:
     max_copies: int = 0
 
 
-class LoadedElsewhere(Exception):
-    """A claim lost to a concurrent claim by another pod (single load across the cluster)."""
-
-    def __init__(self, holders: list[str]) -> None:
-        super().__init__(f"already claimed by {holders}")
-        self.holders = holders
-
-
 class Registry:
     def __init__(
         self,
         table: Table[ModelRecord],
-        clock_ms: Callable[[], int],
+        clock: Clock = SYSTEM_CLOCK,
         on_write: Callable[[], None] = lambda: None,
     ) -> None:
         self.table = table
-        self._now = clock_ms
+        self._now = clock.now_ms
         self._on_write = on_write
 
     async def _update(
@@ -111,7 +104,7 @@ class Registry:
 
     # ---- load lifecycle (cold path)
     async def claim(
-        self, model_id: str, instance_id: str, *, exclusive: bool, alive: set[str]
+        self, model_id: str, instance_id: str, *, exclusive: bool, alive: Collection[str]
     ) -> ModelRecord:
         """Add this instance as loading. With ``exclusive``, lose to any live claim by another pod."""
         now = self._now()
@@ -252,3 +245,28 @@ class Registry:
 
         await self._update(model_id, apply)
         return bool(removed)
+
+
+class LocalCopyRecords:
+    """The registry side of this pod's loads (``mesh.local.loader.LoadHooks``): claim, loaded, failed,
+    released, always for this pod's own instance id. ``alive`` gives the live pods whose claims count."""
+
+    def __init__(self, registry: Registry, instance_id: str, alive: Callable[[], Collection[str]]) -> None:
+        self.registry = registry
+        self.instance_id = instance_id
+        self.alive = alive
+
+    async def claim(self, model_id: str, *, exclusive: bool, unreachable: frozenset[str]) -> None:
+        alive = self.alive()
+        if unreachable:
+            alive = {i for i in alive if i not in unreachable}
+        await self.registry.claim(model_id, self.instance_id, exclusive=exclusive, alive=alive)
+
+    async def loaded(self, model_id: str, *, last_used: int, size: int) -> None:
+        await self.registry.mark_loaded(model_id, self.instance_id, last_used, size=size)
+
+    async def failed(self, model_id: str, cause: str) -> None:
+        await self.registry.record_failure(model_id, self.instance_id, cause)
+
+    async def released(self, model_id: str, *, last_used: int) -> None:
+        await self.registry.remove_copy(model_id, self.instance_id, last_used)

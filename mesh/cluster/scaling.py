@@ -16,15 +16,14 @@ Rules, checked every ``interval_s`` from in-memory request rates (never per requ
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
-from mesh.cluster.placer import Placer
-from mesh.cluster.view import ClusterView
+from mesh.clock import SYSTEM_CLOCK, Clock
+from mesh.cluster.availability import Availability
+from mesh.cluster.view import ViewHolder
 from mesh.errors import MeshError
 from mesh.local.cache import EntryState, LocalCache
-from mesh.local.loader import Loader, now_ms
+from mesh.local.loader import Loader
 from mesh.local.stats import RequestStats
-from mesh.tasks import every
 
 log = logging.getLogger(__name__)
 
@@ -36,43 +35,44 @@ class CopyScaler:
         self,
         *,
         instance_id: str,
-        view: ClusterView,
+        views: ViewHolder,
         cache: LocalCache,
         stats: RequestStats,
-        placer: Placer,
+        availability: Availability,
         loader: Loader,
         rpm_threshold: int,
         interval_s: float,
         second_copy_after_s: float,
         extra_copy_idle_s: float,
-        clock_ms: Callable[[], int] = now_ms,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.instance_id = instance_id
-        self.view = view
+        self.views = views
         self.cache = cache
         self.stats = stats
-        self.placer = placer
+        self.availability = availability
         self.loader = loader
         self.rpm_threshold = max(10, rpm_threshold)
         self.interval_s = interval_s
         self.guard_ms = int((interval_s + 10) * 1000)
         self.second_copy_after_ms = int(second_copy_after_s * 1000)
         self.extra_copy_idle_ms = int(extra_copy_idle_s * 1000)
-        self._now = clock_ms
+        self._now = clock.now_ms
 
     def _cluster_free_fraction(self) -> float:
-        recs = self.view.instances().values()
+        recs = self.views.current.instances.values()
         cap = sum(r.capacity for r in recs)
         return sum(r.free for r in recs) / cap if cap else 0.0
 
     async def run_once(self) -> None:
         now = self._now()
-        alive = self.view.alive()
+        view = self.views.current
+        alive = view.alive()
         removed = False
         for entry in self.cache.entries():
             if entry.state is not EntryState.ACTIVE:
                 continue
-            rec = self.view.model(entry.model_id)
+            rec = view.model(entry.model_id)
             if rec is None:
                 continue
             live = [i for i in rec.instances if i in alive or i == self.instance_id]
@@ -106,7 +106,7 @@ class CopyScaler:
                 removed = True
 
     def _is_least_desirable_holder(self, live: list[str]) -> bool:
-        instances = self.view.instances()
+        instances = self.views.current.instances
 
         def rank(iid: str) -> tuple[int, str]:
             rec = instances.get(iid)
@@ -117,13 +117,12 @@ class CopyScaler:
     async def _add(self, model_id: str, size: int, last_used: int, holders: set[str], count: int) -> None:
         for _ in range(count):
             try:
-                target = await self.placer.add_copy(model_id, size=size, last_used=last_used, exclude=holders)
+                target = await self.availability.add_copy(
+                    model_id, size=size, last_used=last_used, exclude=holders
+                )
             except MeshError as exc:
                 log.info("could not add a copy of %s: %s", model_id, exc.message)
                 return
             if target is None:
                 return
             holders.add(target)
-
-    async def run(self) -> None:
-        await every(self.interval_s, self.run_once, what="copy scaling check")

@@ -1,80 +1,77 @@
-"""ClusterView: the read-only, in-memory picture of the cluster that the data plane consults.
+"""ClusterView: the immutable picture of the cluster that the data plane and the policies read.
 
-It reads the watch-fed tables (instances, registry, vmodels) by reference: every read is a dict lookup on
-the event loop thread, never an await, so the hot path stays free of etcd (DESIGN §3). Liveness of a pod is
-the presence of its instance record, which lives on its lease.
+A ``ClusterView`` holds the three watch-fed tables' snapshots (instances, registry, vmodels: ``FrozenMap``s
+that never change). ``ViewHolder`` swaps in a new view whenever a table commits a change, so a reader takes
+``holder.current`` once per request and reads one consistent object without locks or awaits; nothing in it
+changes under the reader (style rule 4). Liveness of a pod is the presence of its instance record, which
+lives on its lease.
+
+What this pod *plans* (loads it just sent to peers whose records do not show them yet) is not part of the
+view: ``mesh.cluster.reservations`` keeps it apart.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, KeysView
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from mesh.kv.records import InstanceRecord, ModelRecord, VModelRecord
-from mesh.kv.table import Table
+from mesh.frozenmap import EMPTY, FrozenMap
+
+if TYPE_CHECKING:
+    from mesh.kv.records import InstanceRecord, ModelRecord, VModelRecord
+    from mesh.kv.table import Table
 
 
+@dataclass(frozen=True, slots=True)
 class ClusterView:
+    self_id: str
+    instances: FrozenMap[InstanceRecord] = field(default_factory=lambda: EMPTY)
+    models: FrozenMap[ModelRecord] = field(default_factory=lambda: EMPTY)
+    vmodels: FrozenMap[VModelRecord] = field(default_factory=lambda: EMPTY)
+
+    def model(self, model_id: str) -> ModelRecord | None:
+        return self.models.get(model_id)
+
+    def vmodel(self, vmodel_id: str) -> VModelRecord | None:
+        return self.vmodels.get(vmodel_id)
+
+    def instance(self, instance_id: str) -> InstanceRecord | None:
+        return self.instances.get(instance_id)
+
+    def alive(self) -> KeysView[str]:
+        """Ids of live pods (set-like)."""
+        return self.instances.keys()
+
+    def address(self, instance_id: str) -> str | None:
+        rec = self.instances.get(instance_id)
+        return rec.address if rec is not None else None
+
+
+class ViewHolder:
+    """The current ``ClusterView``, replaced whole on every table commit; listeners hear each new view."""
+
     def __init__(
         self,
         self_id: str,
         instances: Table[InstanceRecord],
         registry: Table[ModelRecord],
-        vmodels: Table[VModelRecord] | None = None,
-        self_record: Callable[[], InstanceRecord] | None = None,
+        vmodels: Table[VModelRecord],
     ) -> None:
-        self.self_id = self_id
-        self._instances = instances
-        self._registry = registry
-        self._vmodels = vmodels
-        self._self_record = self_record
-        # instance id -> (record revision when reserved, bytes, models) of loads this pod placed there
-        self._reserved: dict[str, tuple[int, int, int]] = {}
+        self._tables = (instances, registry, vmodels)
+        self._listeners: list[Callable[[ClusterView], None]] = []
+        self.current = ClusterView(self_id)
+        self._rebuild()
+        for table in self._tables:
+            table.add_commit_listener(self._rebuild)
 
-    def model(self, model_id: str) -> ModelRecord | None:
-        return self._registry.get(model_id)
+    def add_listener(self, fn: Callable[[ClusterView], None]) -> None:
+        self._listeners.append(fn)
 
-    def models(self) -> dict[str, ModelRecord]:
-        return self._registry.items()
-
-    def vmodel(self, vmodel_id: str) -> VModelRecord | None:
-        return self._vmodels.get(vmodel_id) if self._vmodels is not None else None
-
-    def instances(self) -> dict[str, InstanceRecord]:
-        return self._instances.items()
-
-    def instance(self, instance_id: str) -> InstanceRecord | None:
-        return self._instances.get(instance_id)
-
-    def alive(self) -> set[str]:
-        return set(self._instances.items())
-
-    def reserve(self, instance_id: str, size: int) -> None:
-        """Remember a load this pod just placed on ``instance_id`` until that pod republishes its record, so
-        a burst of misses does not pile onto a pod whose published free space is a second old."""
-        rec = self._instances.get(instance_id)
-        if rec is None:
-            return
-        rev, used, count = self._reserved.get(instance_id, (rec.revision, 0, 0))
-        if rev != rec.revision:
-            used, count = 0, 0
-        self._reserved[instance_id] = (rec.revision, used + size, count + 1)
-
-    def placement_instances(self) -> dict[str, InstanceRecord]:
-        """Instance records for placement: this pod's live state, and other pods' published records plus
-        the loads this pod placed there since they last published."""
-        items = self._instances.items()
-        out = dict(items)
-        if self._self_record is not None and self.self_id in out:
-            out[self.self_id] = self._self_record()  # this pod knows itself exactly, not as last published
-        for iid, (rev, used, count) in list(self._reserved.items()):
-            rec = items.get(iid)
-            if rec is None or rec.revision != rev:
-                del self._reserved[iid]
-                continue
-            out[iid] = dataclasses.replace(rec, used=rec.used + used, count=rec.count + count)
-        return out
-
-    def address(self, instance_id: str) -> str | None:
-        rec = self._instances.get(instance_id)
-        return rec.address if rec is not None else None
+    def _rebuild(self) -> None:
+        instances, registry, vmodels = self._tables
+        self.current = ClusterView(
+            self.current.self_id, instances.snapshot(), registry.snapshot(), vmodels.snapshot()
+        )
+        for fn in self._listeners:
+            fn(self.current)

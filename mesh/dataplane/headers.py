@@ -37,6 +37,31 @@ INTERNAL_HIT = "hit"
 INTERNAL_LOAD = "load"  # load here unless another pod claimed it first (then hand off to that pod)
 INTERNAL_COPY = "copy"  # load an additional copy here (ensureLoaded between pods, copy scaling)
 
+V2_SERVICE = "inference.GRPCInferenceService"
+#: The KServe V2 methods, by full gRPC method name -> their short name (metric label).
+V2_METHODS = {
+    f"/{V2_SERVICE}/{name}": name
+    for name in (
+        "ServerLive",
+        "ServerReady",
+        "ServerMetadata",
+        "ModelReady",
+        "ModelMetadata",
+        "ModelInfer",
+        "ModelStreamInfer",
+        "RepositoryIndex",
+        "RepositoryModelLoad",
+        "RepositoryModelUnload",
+    )
+}
+
+
+def method_label(method: str) -> str:
+    """A bounded metric label for a gRPC method name: the V2 method's short name, else ``other`` (method
+    names come from clients: they must never become label values or cache keys as they are)."""
+    return V2_METHODS.get(method, "other")
+
+
 # Headers never passed on to a runtime or peer as-is (the mesh rewrites what it needs).
 _DROP_PREFIXES = ("mm-", "grpc-", "tas-")
 _DROP_EXACT = frozenset({"content-type", "user-agent", "te", ":authority", "host"})

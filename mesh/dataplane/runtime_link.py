@@ -2,22 +2,18 @@
 
 The payload is forwarded as bytes; the concrete model id is written where the runtime expects it: the
 ``mm-model-id`` header (``mm-model-id-bin`` when not ASCII) and, for methods the runtime lists in
-``methodInfos``, spliced into the message at its ``idInjectionPath`` (modelmesh.md §1.3). Runtime answers
-meaning "I don't have that model" (NOT_FOUND, MLServer's INVALID_ARGUMENT "Model … not found", Triton's
-UNAVAILABLE "Request for unknown model") become ModelNotHere so the router can reload or go elsewhere.
+``methodInfos``, spliced into the message at its ``idInjectionPath`` (modelmesh.md §1.3). Failed calls go
+through ``mesh.errors.from_rpc_error(..., Source.RUNTIME)``: answers meaning "I don't have that model" become
+ModelNotHere so the router can reload or go elsewhere; the runtime's own verdicts pass through unchanged.
 """
 
 from __future__ import annotations
 
-import re
-
 import grpc
 
 from mesh.channels import TlsFiles, aio_channel
-from mesh.dataplane.headers import MODEL_ID, MODEL_ID_BIN, splice_string
-from mesh.errors import ModelNotHere, RemoteError, RuntimeUnavailable, Unimplemented
-
-_UNKNOWN_MODEL = re.compile(r"(model .*not (found|loaded))|(unknown model)", re.IGNORECASE)
+from mesh.dataplane.headers import MODEL_ID, MODEL_ID_BIN, V2_METHODS, splice_string
+from mesh.errors import Source, Unimplemented, from_rpc_error
 
 
 class RuntimeLink:
@@ -36,6 +32,11 @@ class RuntimeLink:
         self._allow_any = allow_any_method or not method_infos
         self._calls: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
         self._id_metadata: dict[str, tuple[tuple[str, str | bytes], ...]] = {}  # model id -> its id headers
+
+    @property
+    def declared_methods(self) -> frozenset[str]:
+        """The methods the runtime declared (methodInfos), with a leading '/'."""
+        return frozenset(self._method_infos)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -58,7 +59,8 @@ class RuntimeLink:
         if call is None:
             self.check_allowed(method)
             call = self._channel.unary_unary(method, request_serializer=None, response_deserializer=None)
-            self._calls[method] = call
+            if method in self._method_infos or method in V2_METHODS:  # never cache client-chosen names
+                self._calls[method] = call
         path = self._method_infos.get(method)
         if path:
             payload = splice_string(payload, path, model_id)
@@ -72,24 +74,10 @@ class RuntimeLink:
         try:
             return await call(payload, metadata=md, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, model_id, self.address) from exc
+            raise from_rpc_error(exc, Source.RUNTIME, where=self.address, model_id=model_id) from exc
 
 
 def _id_headers(model_id: str) -> tuple[tuple[str, str | bytes], ...]:
     if model_id.isascii():
         return ((MODEL_ID, model_id), (MODEL_ID_BIN, model_id.encode("utf-8")))
     return ((MODEL_ID_BIN, model_id.encode("utf-8")),)
-
-
-def _translate(exc: grpc.aio.AioRpcError, model_id: str, address: str) -> Exception:
-    code = exc.code()
-    details = exc.details() or ""
-    if code == grpc.StatusCode.NOT_FOUND:
-        return ModelNotHere(model_id, f"runtime {address}")
-    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAVAILABLE) and _UNKNOWN_MODEL.search(
-        details
-    ):
-        return ModelNotHere(model_id, f"runtime {address}")
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return RuntimeUnavailable(f"model runtime unavailable: {details}")
-    return RemoteError(code, details)

@@ -2,27 +2,31 @@
 
 Inference methods are served by one generic handler with raw-bytes (de)serializers, so the payload is never
 decoded here (deps.md §6). ServerLive/ServerReady/ServerMetadata are answered by the mesh itself; the V2
-repository extension is refused (models are managed through mmesh.ModelMesh). Every error leaves through
-``mesh.errors.to_status`` via ``_raw_handler``.
+repository extension is refused (models are managed through mmesh.ModelMesh). Handlers raise; the pod's
+error boundary (``mesh.boundary``) turns exceptions into statuses.
+
+Method names come from clients, so nothing here grows with them: handlers are cached only for the V2
+methods and the methods the runtime declares; any other name gets a fresh handler (when the runtime accepts
+any method) and the metric label ``other``.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from mesh.clock import SYSTEM_CLOCK, Clock
+from mesh.dataplane.headers import V2_METHODS, V2_SERVICE, method_label
 from mesh.dataplane.router import Router
-from mesh.errors import MeshError, Unimplemented, to_status
+from mesh.errors import Unimplemented, to_status
 from mesh.metrics import MeshMetrics
 from protos.inference import grpc_predict_v2_pb2 as v2
 
 log = logging.getLogger(__name__)
 
-V2_SERVICE = "inference.GRPCInferenceService"
 _LOCAL = {
     f"/{V2_SERVICE}/ServerLive",
     f"/{V2_SERVICE}/ServerReady",
@@ -34,11 +38,21 @@ _REFUSED_PREFIXES = (f"/{V2_SERVICE}/Repository", "/mmesh.ModelRuntime/", "/infe
 class InferenceHandler(grpc.GenericRpcHandler):
     """Routes every unary inference method through the Router, bytes in and bytes out."""
 
-    def __init__(self, router: Router, metrics: MeshMetrics, ready: Callable[[], bool], version: str) -> None:
+    def __init__(
+        self,
+        router: Router,
+        metrics: MeshMetrics,
+        ready: Callable[[], bool],
+        version: str,
+        known_methods: Callable[[], Collection[str]] = frozenset,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self.router = router
         self.metrics = metrics
         self.ready = ready
         self.version = version
+        self.known_methods = known_methods  # the methods the runtime declares (methodInfos)
+        self.clock = clock
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
@@ -55,33 +69,29 @@ class InferenceHandler(grpc.GenericRpcHandler):
         else:
             fn = self._raw_handler(method)
         handler = grpc.unary_unary_rpc_method_handler(fn, request_deserializer=None, response_serializer=None)
-        self._handlers[method] = handler
+        if method in V2_METHODS or method in self.known_methods():
+            self._handlers[method] = handler
         return handler
 
     def _raw_handler(self, method: str):
         router = self.router
         hist = self.metrics.api_request_seconds
-        short = method.rsplit("/", 1)[-1]
+        short = method_label(method)
         ok = hist.labels(short, "OK")  # labelled child looked up once, not per request
+        clock = self.clock
 
         async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            started = time.perf_counter()
+            started = clock.monotonic()
             child = ok
             try:
                 return await router.handle(
                     method, request, context.invocation_metadata(), context.time_remaining()
                 )
             except Exception as exc:
-                status, details = to_status(exc)
-                code = status.name
-                child = hist.labels(short, code)
-                if not isinstance(exc, MeshError):
-                    log.exception("unexpected error routing %s", method)
-                else:
-                    log.debug("request %s failed: %s %s", method, code, details)
-                await context.abort(status, details)
+                child = hist.labels(short, to_status(exc)[0].name)
+                raise
             finally:
-                child.observe(time.perf_counter() - started)
+                child.observe(clock.monotonic() - started)
 
         return handle
 
@@ -99,10 +109,7 @@ class InferenceHandler(grpc.GenericRpcHandler):
 
     def _refuse(self, method: str):
         async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            code, details = to_status(
-                Unimplemented(f"{method} is not available through the mesh; use mmesh.ModelMesh")
-            )
-            await context.abort(code, details)
+            raise Unimplemented(f"{method} is not available through the mesh; use mmesh.ModelMesh")
 
         return handle
 

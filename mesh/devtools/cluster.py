@@ -14,7 +14,6 @@ start raises ``ClusterStartError`` with the tail of its log.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shlex
 import shutil
@@ -33,6 +32,8 @@ from typing import Any
 import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mesh.process import with_parent_death_signal
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BASE_PORT = 8033
@@ -77,25 +78,6 @@ def pick_base_port(preferred: int, count: int) -> int:
         if base + count < 65535 and all(port_is_free(base + i) for i in range(count)):
             return base
     raise ClusterStartError(f"no {count} consecutive free ports found")
-
-
-def _load_libc() -> ctypes.CDLL | None:
-    if sys.platform != "linux":
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-
-
-_LIBC = _load_libc()  # loaded here, not in the forked child, where imports are unsafe
-
-
-def _die_with_parent() -> None:
-    """In the child before exec (Linux): get SIGTERM when the process that started us dies, even by SIGKILL,
-    so a killed ``mesh up`` or test run does not leave pods behind (they then stop their runtimes)."""
-    if _LIBC is not None:
-        _LIBC.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def _on_main_thread() -> bool:
@@ -378,6 +360,10 @@ class LocalCluster:
         (self.data_dir / f"pod-{index}" / "models").mkdir(parents=True, exist_ok=True)
         log_path = self.data_dir / f"pod-{index}.log"
         cmd = self.pod_cmd(index, port, runtime_port, metrics_port)
+        # The parent-death signal fires when the *thread* that forked exits: only arm it from the main thread
+        # (mesh up, the demo, tests), where that means the process.
+        if _on_main_thread():
+            cmd = with_parent_death_signal(cmd)
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 cmd,
@@ -387,9 +373,6 @@ class LocalCluster:
                 env=self._env(),
                 cwd=str(REPO_ROOT),
                 start_new_session=True,  # own process group: a stray runtime is killed with it
-                # The parent-death signal fires when the *thread* that forked exits: only arm it from the
-                # main thread (mesh up, the demo, tests), where that means the process.
-                preexec_fn=_die_with_parent if _LIBC is not None and _on_main_thread() else None,
             )
         pod = PodProcess(
             index, f"pod-{index}", f"127.0.0.1:{port}", runtime_port, metrics_port, log_path, proc

@@ -33,6 +33,8 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
+from mesh.process import with_parent_death_signal
+
 _LIVE: weakref.WeakSet[EmbeddedEtcd] = weakref.WeakSet()
 
 
@@ -135,10 +137,8 @@ class EmbeddedEtcd:
             log.write(f"--- start {time.strftime('%H:%M:%S')} ---\n".encode())
             log.flush()
             cmd = self._command()
-            setpriv = shutil.which("setpriv")
-            if setpriv and threading.current_thread() is threading.main_thread():
-                cmd = [setpriv, "--pdeathsig", "KILL", "--", *cmd]
-            # No preexec_fn: a fork() with gRPC threads running is unsafe; setpriv sets the signal instead.
+            if threading.current_thread() is threading.main_thread():  # the signal follows the forking thread
+                cmd = with_parent_death_signal(cmd, "KILL")
             self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         _LIVE.add(self)
         try:

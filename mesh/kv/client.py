@@ -30,47 +30,33 @@ from typing import Literal, TypeVar
 import grpc
 from aetcd import rpc
 
-from mesh.errors import KvCompacted, KvUnavailable, MeshError
+from mesh.clock import SYSTEM_CLOCK, Clock
+from mesh.errors import (
+    KvAuthExpired,
+    KvCompacted,
+    KvError,
+    KvUnavailable,
+    LeaseNotFound,
+    MeshError,
+    Source,
+    from_rpc_error,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class KvError(MeshError):
-    """etcd rejected a request for a reason a retry will not fix (bad argument, auth, internal)."""
-
-
-class LeaseNotFound(KvError):
-    """The lease named in a put does not exist (it expired or was revoked)."""
-
-
 #: The only errors ``retry`` retries. Deadline and connection failures both arrive as ``KvUnavailable``.
 RETRYABLE: tuple[type[BaseException], ...] = (KvUnavailable,)
 
-_UNAVAILABLE_CODES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.UNKNOWN,  # "Stream removed" and friends when the server goes away
-    }
-)
-
 
 def _translate(exc: BaseException, what: str) -> MeshError:
-    """The one table from gRPC/asyncio errors to mesh errors. Callers ``raise _translate(e, w) from e``."""
+    """Errors of one etcd call as mesh errors: gRPC statuses through ``mesh.errors.from_rpc_error`` (the one
+    inbound table), connection-level failures as KvUnavailable. Callers ``raise _translate(e, w) from e``."""
     if isinstance(exc, MeshError):
         return exc
     if isinstance(exc, grpc.aio.AioRpcError):
-        code, details = exc.code(), exc.details() or ""
-        if code in _UNAVAILABLE_CODES:
-            return KvUnavailable(f"etcd {what}: {code.name}: {details}")
-        if code == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
-            return LeaseNotFound(f"etcd {what}: {details}")
-        if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in details:
-            return KvCompacted(0)
-        return KvError(f"etcd {what}: {code.name}: {details}")
+        return from_rpc_error(exc, Source.ETCD, where=what)
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError, OSError, grpc.aio.UsageError)):
         return KvUnavailable(f"etcd {what}: {type(exc).__name__}: {exc}")
     return KvError(f"etcd {what}: {type(exc).__name__}: {exc}")
@@ -84,20 +70,20 @@ async def retry(
     cap: float = 1.0,
     retryable: tuple[type[BaseException], ...] = RETRYABLE,
     rng: random.Random | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> T:
     """Run ``fn()`` until it succeeds, retrying ``retryable`` errors with full-jitter exponential backoff.
 
     Only for idempotent operations. Gives up (re-raising the last error) once ``deadline`` seconds have passed.
     """
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
+    end = clock.monotonic() + deadline
     rng = rng or random
     delay = base
     while True:
         try:
             return await fn()
         except retryable:
-            remaining = end - loop.time()
+            remaining = end - clock.monotonic()
             if remaining <= 0:
                 raise
             await asyncio.sleep(min(remaining, rng.uniform(0, delay)))
@@ -292,12 +278,7 @@ class KvClient:
                 return await fn(request, timeout=self._timeout, metadata=self._metadata)
             except Exception as exc:
                 err = _translate(exc, what)
-                if (
-                    attempt == 0
-                    and self._username is not None
-                    and isinstance(exc, grpc.aio.AioRpcError)
-                    and exc.code() == grpc.StatusCode.UNAUTHENTICATED
-                ):
+                if attempt == 0 and self._username is not None and isinstance(err, KvAuthExpired):
                     self._needs_failover = False
                     await self._reauthenticate(channel)
                     continue
@@ -381,8 +362,10 @@ class KvClient:
         kvs = resp.responses[0].response_range.kvs
         return False, (_entry(kvs[0]) if kvs else None)
 
-    async def txn_cas(self, ops: list[tuple[str, bytes | None, int]]) -> bool:
-        """Atomically apply every (key, value or None to delete, expected mod_revision), or none of them."""
+    async def txn_cas(self, ops: list[tuple[str, bytes | None, int]]) -> int:
+        """Atomically apply every (key, value or None to delete, expected mod_revision), or none of them.
+
+        Returns the store revision of the write (every put key's new mod_revision), or 0 if a compare failed."""
         compare, success = [], []
         for key, value, expected in ops:
             raw = key.encode()
@@ -391,7 +374,8 @@ class KvClient:
                 success.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=raw)))
             else:
                 success.append(rpc.RequestOp(request_put=rpc.PutRequest(key=raw, value=value)))
-        return (await self._txn(compare, success, [], "txn_cas")).succeeded
+        resp = await self._txn(compare, success, [], "txn_cas")
+        return resp.header.revision if resp.succeeded else 0
 
     # --- leases -------------------------------------------------------------------------------
 

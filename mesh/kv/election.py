@@ -20,6 +20,7 @@ from collections.abc import Callable
 from mesh.errors import KvUnavailable, MeshError
 from mesh.kv.client import KvClient, KvEntry
 from mesh.kv.session import Session
+from mesh.tasks import TaskSupervisor, start_loop
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class Election:
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, tasks: TaskSupervisor | None = None) -> None:
         """Campaign once (so ``is_leader`` is known when this returns, if etcd answers), then keep watching."""
         if self._task is not None:
             return
@@ -101,7 +102,7 @@ class Election:
             await self._campaign()
         except MeshError as exc:
             log.info("%s: first campaign failed: %s", self.name, exc)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"mesh:election:{self.name}")
+        self._task = start_loop(tasks, f"mesh:election:{self.name}", self._run)
 
     async def resign(self) -> None:
         """Stop campaigning and give up leadership (delete the key if it is still ours)."""

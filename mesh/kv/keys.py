@@ -64,6 +64,11 @@ class Keys:
         return self.config_prefix + check_id(name, what="config name")
 
     @staticmethod
+    def in_prefix(prefix: str, id: str) -> str:
+        """The key of ``id`` under one of this class's prefixes (what ``kv.table.Table`` uses)."""
+        return prefix + check_id(id, what="id")
+
+    @staticmethod
     def id_from(prefix: str, key: str) -> str:
         """The id part of ``key`` under ``prefix`` (keys are only ever built by this class)."""
         return key[len(prefix) :]

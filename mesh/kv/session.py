@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from mesh.errors import KvUnavailable
 from mesh.kv.client import KvClient, retry
+from mesh.tasks import TaskSupervisor, start_loop
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,12 @@ class Session:
         if fn in self._listeners:
             self._listeners.remove(fn)
 
-    async def start(self, *, deadline: float | None = None) -> int:
+    async def start(self, *, deadline: float | None = None, tasks: TaskSupervisor | None = None) -> int:
         """Grant the first lease (retrying for up to ``deadline`` s, default ``ttl``) and start keepalive."""
         if self._task is None:
             self.lease_id = await retry(lambda: self._kv.lease_grant(self.ttl), deadline=deadline or self.ttl)
             self.healthy = True
-            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"mesh:session:{self.name}")
+            self._task = start_loop(tasks, f"mesh:session:{self.name}", self._run)
         return self.lease_id
 
     async def stop(self, revoke: bool = True) -> None:

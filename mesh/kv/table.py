@@ -14,20 +14,27 @@ Consistency rules:
   never bring back an older value.
 - ``revision`` is the last store revision applied from the watch or a list (local writes don't move it: a watch
   must never resume past events it hasn't seen).
+- Reads see an immutable ``FrozenMap``: every applied change (a watch batch, a list, a local write) builds a
+  new map and swaps it in whole, then the commit listeners run, so a reader holding ``snapshot()`` never sees
+  it change under it (the cluster view is built from these snapshots).
 - Undecodable values are logged once per key and skipped; listener errors are logged; neither stops the watch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Generic, Protocol, TypeVar
 
 from mesh.errors import KvCompacted, KvConflict, KvUnavailable
+from mesh.frozenmap import EMPTY, FrozenMap
 from mesh.kv.client import KvClient, KvEntry, WatchEvent
+from mesh.kv.keys import Keys
+from mesh.tasks import TaskSupervisor, start_loop
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +66,9 @@ class Table(Generic[R]):
         self.prefix = prefix
         self._decode = decode
         self.name = name
-        self._items: dict[str, R] = {}
+        self._items: FrozenMap[R] = EMPTY
+        self._pending: dict[str, R | None] | None = None  # changes staged during one batch
+        self._commit_listeners: list[Callable[[], None]] = []
         self._tombstones: dict[str, int] = {}  # id -> revision at/below which events for id are stale
         self._bad: set[str] = set()  # ids whose current value failed to decode (logged once)
         self._listeners: list[Listener[R]] = []
@@ -73,11 +82,20 @@ class Table(Generic[R]):
     # --- reads (memory only) ------------------------------------------------------------------
 
     def get(self, id: str) -> R | None:
+        pending = self._pending
+        if pending is not None and id in pending:
+            return pending[id]
         return self._items.get(id)
 
-    def items(self) -> dict[str, R]:
-        """The live dict. Read-only by contract; it changes as events arrive."""
+    def snapshot(self) -> FrozenMap[R]:
+        """The current records as an immutable map (a later change builds a new one)."""
         return self._items
+
+    items = snapshot
+
+    def add_commit_listener(self, fn: Callable[[], None]) -> None:
+        """``fn()`` after each new snapshot is swapped in (once per watch batch, list or local write)."""
+        self._commit_listeners.append(fn)
 
     @property
     def healthy(self) -> bool:
@@ -93,12 +111,12 @@ class Table(Generic[R]):
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, tasks: TaskSupervisor | None = None) -> None:
         """Load the prefix (returns when loaded), then watch it in a supervised task."""
         if self._task is not None:
             return
         await self._relist()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"mesh:table:{self.name}")
+        self._task = start_loop(tasks, f"mesh:table:{self.name}", self._run)
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -117,11 +135,14 @@ class Table(Generic[R]):
 
     # --- strong read and CAS update ------------------------------------------------------------
 
+    def key(self, id: str) -> str:
+        return Keys.in_prefix(self.prefix, id)
+
     async def get_strong(self, id: str) -> R | None:
         """Read ``id`` from etcd (linearizable) and refresh the cache if the read is newer."""
-        entry, header_rev = await self._kv.get_with_revision(self.prefix + id)
+        entry, header_rev = await self._kv.get_with_revision(self.key(id))
         if entry is None:
-            cached = self._items.get(id)
+            cached = self.get(id)
             if cached is not None and cached.revision < header_rev:
                 self._apply_delete(id, header_rev)
             return None
@@ -129,7 +150,7 @@ class Table(Generic[R]):
         if record is None:
             raise ValueError(f"{self.name}: cannot decode value of {id!r}")
         self._apply_put(id, record)
-        cached = self._items.get(id)
+        cached = self.get(id)
         return cached if cached is not None and cached.revision >= record.revision else record
 
     async def update(
@@ -146,8 +167,8 @@ class Table(Generic[R]):
         after ``max_attempts``; ``KvUnavailable`` propagates (a lost reply may hide a successful write, so only
         retry idempotent ``fn``s).
         """
-        key = self.prefix + id
-        current = self._items.get(id)
+        key = self.key(id)
+        current = self.get(id)
         if current is None:
             current = await self.get_strong(id)
         for _ in range(max_attempts):
@@ -170,6 +191,13 @@ class Table(Generic[R]):
                     return written
             current = self._from_conflict(id, entry)
         raise KvConflict(f"{self.name}: update of {id!r} lost {max_attempts} compare-and-swaps in a row")
+
+    def _apply_local(self, id: str, record: R | None, revision: int) -> None:
+        """Apply a write this process made at ``revision`` (from ``commit_all``)."""
+        if record is None:
+            self._apply_delete(id, revision)
+        else:
+            self._apply_put(id, dataclasses.replace(record, revision=revision))  # type: ignore[type-var]
 
     def _from_conflict(self, id: str, entry: KvEntry | None) -> R | None:
         if entry is None:
@@ -203,43 +231,76 @@ class Table(Generic[R]):
                 log.exception("%s: listener %r failed for %r", self.name, fn, id)
 
     def _apply_put(self, id: str, record: R) -> None:
-        old = self._items.get(id)
+        old = self.get(id)
         if old is not None and old.revision >= record.revision:
             return
         if record.revision <= self._tombstones.get(id, 0):
             return
-        self._items[id] = record
+        self._stage(id, record)
         self._notify(id, old, record)
 
     def _apply_delete(self, id: str, revision: int) -> None:
         """Forget ``id``; events for it at or below ``revision`` are stale from now on."""
         if revision > self._tombstones.get(id, 0):
             self._tombstones[id] = revision
-        old = self._items.get(id)
+        old = self.get(id)
         if old is None or old.revision > revision:
             return
-        del self._items[id]
+        self._stage(id, None)
         self._notify(id, old, None)
 
+    @contextlib.contextmanager
+    def _batch(self) -> Iterator[None]:
+        """Stage every change made inside, then swap in one new snapshot (and tell commit listeners)."""
+        if self._pending is not None:  # nested: the outer batch commits
+            yield
+            return
+        self._pending = {}
+        try:
+            yield
+        finally:
+            pending, self._pending = self._pending, None
+            self._commit(pending)
+
+    def _stage(self, id: str, record: R | None) -> None:
+        if self._pending is not None:
+            self._pending[id] = record
+        else:
+            self._commit({id: record})
+
+    def _commit(self, changes: dict[str, R | None]) -> None:
+        if not changes:
+            return
+        self._items = self._items.evolve(changes)
+        for fn in list(self._commit_listeners):
+            try:
+                fn()
+            except Exception:
+                log.exception("%s: commit listener %r failed", self.name, fn)
+
     def _apply_batch(self, batch: list[WatchEvent]) -> None:
+        with self._batch():
+            self._apply_events(batch)
+        self._advanced()
+
+    def _apply_events(self, batch: list[WatchEvent]) -> None:
         for ev in batch:
             id = ev.key[len(self.prefix) :]
             if ev.kind == "delete":
                 self._bad.discard(id)
-                old = self._items.get(id)
+                old = self.get(id)
                 if old is not None and old.revision < ev.mod_revision:
                     self._apply_delete(id, ev.mod_revision)
             else:
                 if ev.mod_revision <= self._tombstones.get(id, 0):
                     continue
-                cached = self._items.get(id)
+                cached = self.get(id)
                 if cached is not None and cached.revision >= ev.mod_revision:
                     continue
                 record = self._decode_entry(id, ev.value, ev.mod_revision)
                 if record is not None:
                     self._apply_put(id, record)
             self.revision = max(self.revision, ev.mod_revision)
-        self._advanced()
 
     def _advanced(self) -> None:
         if self._tombstones:
@@ -254,30 +315,31 @@ class Table(Generic[R]):
         whatever the list says wins.
         """
         entries, header_rev = await self._kv.get_prefix(self.prefix)
-        if reset:
-            self._tombstones.clear()
-        seen: set[str] = set()
-        for entry in entries:
-            id = entry.key[len(self.prefix) :]
-            seen.add(id)
-            cached = self._items.get(id)
-            if cached is not None and cached.revision == entry.mod_revision:
-                continue
-            if cached is not None and cached.revision > entry.mod_revision and not reset:
-                continue
-            record = self._decode_entry(id, entry.value, entry.mod_revision)
-            if record is None:
-                continue
-            if reset and cached is not None:
-                self._items[id] = record
-                self._notify(id, cached, record)
-            else:
-                self._apply_put(id, record)
-        for id, cached in list(self._items.items()):
-            if id not in seen and (reset or cached.revision <= header_rev):
-                del self._items[id]
-                self._tombstones[id] = max(header_rev, self._tombstones.get(id, 0))
-                self._notify(id, cached, None)
+        with self._batch():
+            if reset:
+                self._tombstones.clear()
+            seen: set[str] = set()
+            for entry in entries:
+                id = entry.key[len(self.prefix) :]
+                seen.add(id)
+                cached = self.get(id)
+                if cached is not None and cached.revision == entry.mod_revision:
+                    continue
+                if cached is not None and cached.revision > entry.mod_revision and not reset:
+                    continue
+                record = self._decode_entry(id, entry.value, entry.mod_revision)
+                if record is None:
+                    continue
+                if reset and cached is not None:
+                    self._stage(id, record)
+                    self._notify(id, cached, record)
+                else:
+                    self._apply_put(id, record)
+            for id, cached in list(self._items.items()):
+                if id not in seen and (reset or cached.revision <= header_rev):
+                    self._stage(id, None)
+                    self._tombstones[id] = max(header_rev, self._tombstones.get(id, 0))
+                    self._notify(id, cached, None)
         self.revision = header_rev
         self._advanced()
 
@@ -337,3 +399,29 @@ def _with_revision(record: R, entry: KvEntry, decode: Callable[[bytes, int], R])
     if dataclasses.is_dataclass(record) and hasattr(record, "revision"):
         return dataclasses.replace(record, revision=entry.mod_revision)  # type: ignore[type-var]
     return decode(entry.value, entry.mod_revision)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CasWrite(Generic[R]):
+    """One write of a multi-key transaction: ``record`` (None deletes) for ``id`` in ``table``, applied only
+    if the key's mod_revision is still ``expected`` (0: the key must not exist)."""
+
+    table: Table[R]
+    id: str
+    record: R | None
+    expected: int
+
+
+async def commit_all(kv: KvClient, writes: list[CasWrite]) -> bool:
+    """Apply ``writes`` in one etcd transaction, all or none (compare-and-swap on every key). On success each
+    table's snapshot takes the written values at once (a late watch event can never bring back older ones).
+    Returns False when any compare failed: re-read and re-plan."""
+    ops = [
+        (w.table.key(w.id), w.record.to_json() if w.record is not None else None, w.expected) for w in writes
+    ]
+    revision = await kv.txn_cas(ops)
+    if not revision:
+        return False
+    for w in writes:
+        w.table._apply_local(w.id, w.record, revision)
+    return True

@@ -11,11 +11,14 @@ Entries that are still loading are never victims.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from mesh.errors import CapacityExhausted, ModelTooLarge
+
+if TYPE_CHECKING:
+    import asyncio
 
 
 class EntryState(enum.Enum):

@@ -1,24 +1,37 @@
-"""Loader: the load/unload pipeline of this pod's cache (the cold path; the only data-plane path to etcd).
+"""Loader: the load/unload pipeline of this pod's cache; owns every call that changes what the runtime holds.
 
-A miss becomes one load per model on this pod: the first caller reserves a cache entry (evicting LRU
+A miss becomes one load per model on this pod: the first caller reserves a cache entry (choosing LRU
 victims), creates the entry's ``ready`` future and starts a background task; every concurrent caller awaits
-that same future. The task claims the model in the registry (CAS; with ``exclusive`` it loses to a live claim
-by another pod, so concurrent misses across pods end in one load), calls the runtime's loadModel under the
-loading-concurrency semaphore and timeout, records the measured size (evicting more if the prediction was
-low), and marks the copy loaded. A failure moves this pod from the record's instances to its failures with
-the runtime's message, and the runtime is always told to unload (the SPI contract).
+that same future, so a cancelled request never cancels the load for the others. The task:
+
+1. claims the model (``hooks.claim``: the registry CAS; with ``exclusive`` it loses to a live claim by another
+   pod, so concurrent misses on several pods end in one load) *while* the victims are unloaded from the
+   runtime: one etcd round trip before the runtime is asked to load, overlapped with the evictions;
+2. calls the runtime's ``loadModel`` under the loading-concurrency semaphore and the load timeout;
+3. takes the measured size (asking ``modelSize`` if the load did not report one) and evicts more if the
+   prediction was low;
+4. marks the entry ACTIVE and wakes the waiting requests;
+5. only then records the copy as loaded (``hooks.loaded``): nothing waits on that write.
+
+A failure records it (``hooks.failed``, with the runtime's message) and always tells the runtime to unload
+(the SPI contract). Evicted and unloaded copies are released from the registry (``hooks.released``) in the
+background, after the runtime freed their memory.
+
+This module never imports the registry or etcd: the cluster layer passes ``LoadHooks``
+(``mesh.cluster.local_copies``), so the import graph stays one-way and the loader is testable alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
-from mesh.cluster.registry import LoadedElsewhere, Registry
-from mesh.cluster.view import ClusterView
+from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.errors import (
+    LoadedElsewhere,
     MeshError,
     ModelLoadFailed,
     ModelNotFound,
@@ -28,14 +41,42 @@ from mesh.errors import (
 from mesh.local.cache import CacheEntry, EntryState, LocalCache
 from mesh.local.runtime_client import RuntimeClient, RuntimeInfo
 from mesh.metrics import MeshMetrics
+from mesh.tasks import TaskSupervisor
 
 log = logging.getLogger(__name__)
 
 INFLIGHT_DRAIN_S = 10.0
+INFLIGHT_POLL_S = 0.02
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
+@dataclass(frozen=True, slots=True)
+class LoadSpec:
+    """What the runtime needs to load a model, and its size when the registry knows it (measured before; used
+    when the runtime cannot predict one)."""
+
+    type: str
+    path: str = ""
+    key: str = ""
+    known_size: int = 0
+
+
+class LoadHooks(Protocol):
+    """The registry writes around a local load, provided by the cluster layer."""
+
+    async def claim(self, model_id: str, *, exclusive: bool, unreachable: frozenset[str]) -> None:
+        """Record this pod as loading ``model_id``. Raises LoadedElsewhere (exclusive, lost) or
+        ModelNotFound (unregistered)."""
+        ...
+
+    async def loaded(self, model_id: str, *, last_used: int, size: int) -> None:
+        """Record the copy as loaded. Raises ModelNotFound if the model was unregistered meanwhile."""
+        ...
+
+    async def failed(self, model_id: str, cause: str) -> None: ...
+
+    async def released(self, model_id: str, *, last_used: int) -> None:
+        """This pod no longer holds (or loads) ``model_id``."""
+        ...
 
 
 class Loader:
@@ -45,41 +86,46 @@ class Loader:
         instance_id: str,
         cache: LocalCache,
         runtime: RuntimeClient,
-        registry: Registry,
-        view: ClusterView,
+        hooks: LoadHooks,
         info: RuntimeInfo,
         metrics: MeshMetrics,
+        tasks: TaskSupervisor,
         load_timeout_ms: int = 0,
         default_model_size: int = 0,
         on_change: Callable[[], None] = lambda: None,
-        clock_ms: Callable[[], int] = now_ms,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.instance_id = instance_id
         self.cache = cache
         self.runtime = runtime
-        self.registry = registry
-        self.view = view
+        self.hooks = hooks
         self.metrics = metrics
+        self.tasks = tasks
         self.on_change = on_change
-        self._now = clock_ms
-        self.set_runtime_info(info, load_timeout_ms, default_model_size)
+        self.clock = clock
+        self._load_timeout_ms = load_timeout_ms
+        self._default_model_size = default_model_size
+        self.set_runtime_info(info)
         self.accepting = True
         # False from a runtime crash until the restarted runtime answered READY (its runtimeStatus purges
         # everything, so a load started before that would be wiped and wrongly recorded as a failure)
         self.runtime_ready = True
-        self._tasks: set[asyncio.Task] = set()
 
-    def set_runtime_info(
-        self, info: RuntimeInfo, load_timeout_ms: int = 0, default_model_size: int = 0
-    ) -> None:
+    def set_runtime_info(self, info: RuntimeInfo) -> None:
         self.info = info
-        self.load_timeout_s = (load_timeout_ms or info.load_timeout_ms) / 1000
-        self.default_size = default_model_size or info.default_model_size
+        self.load_timeout_s = (self._load_timeout_ms or info.load_timeout_ms) / 1000
+        self.default_size = self._default_model_size or info.default_model_size
         self._sem = asyncio.Semaphore(info.max_loading_concurrency)
 
     # ------------------------------------------------------------------ loading
     async def ensure_local(
-        self, model_id: str, *, last_used: int, exclusive: bool, unreachable: frozenset[str] = frozenset()
+        self,
+        model_id: str,
+        spec: LoadSpec,
+        *,
+        last_used: int,
+        exclusive: bool,
+        unreachable: frozenset[str] = frozenset(),
     ) -> CacheEntry:
         """Return an ACTIVE local entry for ``model_id``, loading it here if needed (shared by all callers).
 
@@ -88,76 +134,71 @@ class Loader:
         """
         entry = self.cache.get(model_id)
         if entry is None:
-            entry = await self._start_load(
-                model_id, last_used=last_used, exclusive=exclusive, unreachable=unreachable
-            )
+            entry = await self._start_load(model_id, spec, last_used, exclusive, unreachable)
+        return await self.wait(entry)
+
+    async def wait(self, entry: CacheEntry) -> CacheEntry:
+        """Wait until ``entry``'s load has finished (raises what the load failed with)."""
         if entry.state is not EntryState.ACTIVE:
-            started = time.perf_counter()
+            started = self.clock.monotonic()
             assert entry.ready is not None
             await asyncio.shield(entry.ready)
-            self.metrics.cache_miss_seconds.observe(time.perf_counter() - started)
+            self.metrics.cache_miss_seconds.observe(self.clock.monotonic() - started)
         return entry
 
     async def _start_load(
-        self, model_id: str, *, last_used: int, exclusive: bool, unreachable: frozenset[str]
+        self, model_id: str, spec: LoadSpec, last_used: int, exclusive: bool, unreachable: frozenset[str]
     ) -> CacheEntry:
         if not self.accepting:
             raise ShuttingDown("this pod is shutting down and takes no new loads")
         if not self.runtime_ready:
             raise RuntimeUnavailable("the model runtime of this pod is restarting")
-        rec = self.registry.get(model_id) or await self.registry.get_strong(model_id)
-        if rec is None:
-            raise ModelNotFound(model_id)
-        size = await self._predict_size(model_id, rec.type, rec.path, rec.key)
+        size = await self._predict_size(model_id, spec)
         existing = self.cache.get(model_id)  # someone may have started while we awaited
         if existing is not None:
             return existing
-        entry, victims = self.cache.reserve(model_id, size, last_used or self._now(), self._now())
+        now = self.clock.now_ms()
+        entry, victims = self.cache.reserve(model_id, size, last_used or now, now)
         entry.ready = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(
-            self._load(entry, rec.type, rec.path, rec.key, victims, exclusive, unreachable),
-            name=f"mesh:load:{model_id}",
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.tasks.spawn(f"mesh:load:{model_id}", self._load(entry, spec, victims, exclusive, unreachable))
         self.on_change()
         return entry
 
-    async def _predict_size(self, model_id: str, model_type: str, path: str, key: str) -> int:
+    async def _predict_size(self, model_id: str, spec: LoadSpec) -> int:
         try:
-            predicted = await self.runtime.predict_size(model_id, model_type, path, key)
+            predicted = await self.runtime.predict_size(model_id, spec.type, spec.path, spec.key)
         except MeshError:
             raise
         except Exception:  # a sizing hiccup must not fail the load
             predicted = None
-        return predicted or self.default_size
+        return predicted or spec.known_size or self.default_size
 
     async def _load(
         self,
         entry: CacheEntry,
-        model_type: str,
-        path: str,
-        key: str,
+        spec: LoadSpec,
         victims: list[CacheEntry],
         exclusive: bool,
-        unreachable: frozenset[str] = frozenset(),
+        unreachable: frozenset[str],
     ) -> None:
         model_id = entry.model_id
         fut = entry.ready
         assert fut is not None
         claimed = False
         try:
+            claim = self.hooks.claim(model_id, exclusive=exclusive, unreachable=unreachable)
             if victims:
-                await self.evict(victims, reason="space")
-            await self.registry.claim(
-                model_id, self.instance_id, exclusive=exclusive, alive=self.view.alive() - unreachable
-            )
+                await asyncio.gather(claim, self.evict(victims, reason="space"))
+            else:
+                await claim
             claimed = True
             async with self._sem:
-                started = time.perf_counter()
-                entry.load_started = self._now()
-                size = await self.runtime.load(model_id, model_type, path, key, timeout_s=self.load_timeout_s)
-                self.metrics.loadmodel_seconds.observe(time.perf_counter() - started)
+                started = self.clock.monotonic()
+                entry.load_started = self.clock.now_ms()
+                size = await self.runtime.load(
+                    model_id, spec.type, spec.path, spec.key, timeout_s=self.load_timeout_s
+                )
+                self.metrics.loadmodel_seconds.observe(self.clock.monotonic() - started)
             if not size:
                 size = await self.runtime.model_size(model_id) or entry.size
             if self.cache.get(model_id) is not entry:
@@ -166,15 +207,15 @@ class Loader:
                 raise ModelNotFound(model_id)
             more = self.cache.resize(model_id, size)
             entry.state = EntryState.ACTIVE
-            entry.loaded_at = self._now()
+            entry.loaded_at = self.clock.now_ms()
             self.metrics.loaded_model_size_bytes.observe(size)
             if more:
-                self._spawn(self.evict(more, reason="space"), f"mesh:evict-after:{model_id}")
+                self.tasks.spawn(f"mesh:evict-after:{model_id}", self.evict(more, reason="space"))
             log.info("loaded %s (%d bytes) on %s", model_id, size, self.instance_id)
             # Waiting requests go now; recording LOADED in etcd follows (peers already route here by the claim).
             fut.set_result(None)
             try:
-                await self.registry.mark_loaded(model_id, self.instance_id, entry.last_used, size=size)
+                await self.hooks.loaded(model_id, last_used=entry.last_used, size=size)
             except ModelNotFound:
                 await self.unload(model_id, reason="unregistered while loading", update_registry=False)
             except MeshError as exc:
@@ -182,7 +223,8 @@ class Loader:
                     "loaded %s but could not record it in etcd (%s); the janitor will retry", model_id, exc
                 )
         except BaseException as exc:
-            self.cache.remove(model_id) if self.cache.get(model_id) is entry else None
+            if self.cache.get(model_id) is entry:
+                self.cache.remove(model_id)
             await self._after_failure(model_id, exc, claimed)
             if not fut.done():
                 fut.set_exception(exc if isinstance(exc, Exception) else RuntimeUnavailable("load cancelled"))
@@ -199,20 +241,20 @@ class Loader:
             self.metrics.loadmodel_failure.inc()
             log.warning("load of %s failed on %s: %s", model_id, self.instance_id, exc.cause)
             try:
-                await self.registry.record_failure(model_id, self.instance_id, exc.cause)
+                await self.hooks.failed(model_id, exc.cause)
             except MeshError as kv_exc:
-                log.warning("could not record load failure of %s: %s", model_id, kv_exc)
-            self._spawn(self._unload_runtime(model_id), f"mesh:unload-failed:{model_id}")
+                log.warning("could not record load failure of %s: %s", model_id, kv_exc.message)
+            self.tasks.spawn(f"mesh:unload-failed:{model_id}", self._unload_runtime(model_id))
         elif claimed:
             try:
-                await self.registry.remove_copy(model_id, self.instance_id)
+                await self.hooks.released(model_id, last_used=0)
             except MeshError:
-                pass
+                pass  # the janitor removes stale claims
 
     # ------------------------------------------------------------------ unloading
     async def evict(self, victims: list[CacheEntry], *, reason: str) -> None:
-        """Unload evicted entries in the runtime (after in-flight requests drain) and drop their claims."""
-        now = self._now()
+        """Unload evicted entries in the runtime (after in-flight requests drain) and release their claims."""
+        now = self.clock.now_ms()
         for v in victims:
             self.metrics.evictions.inc()
             self.metrics.age_at_eviction_seconds.observe(max(0, now - v.last_used) / 1000)
@@ -230,35 +272,37 @@ class Loader:
         return True
 
     async def _unload_entry(self, entry: CacheEntry, *, update_registry: bool = True) -> None:
-        deadline = time.monotonic() + INFLIGHT_DRAIN_S
-        while entry.inflight > 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        deadline = self.clock.monotonic() + INFLIGHT_DRAIN_S
+        while entry.inflight > 0 and self.clock.monotonic() < deadline:
+            await asyncio.sleep(INFLIGHT_POLL_S)
         await self._unload_runtime(entry.model_id)
         if update_registry:
             # The memory is free once the runtime unloaded; the registry update need not delay a waiting load.
-            self._spawn(self._remove_claim(entry), f"mesh:release:{entry.model_id}")
+            self.tasks.spawn(f"mesh:release:{entry.model_id}", self._release(entry))
 
-    async def _remove_claim(self, entry: CacheEntry) -> None:
+    async def _release(self, entry: CacheEntry) -> None:
         try:
-            await self.registry.remove_copy(entry.model_id, self.instance_id, entry.last_used)
+            await self.hooks.released(entry.model_id, last_used=entry.last_used)
         except MeshError as exc:
             log.warning(
-                "could not remove %s copy from registry: %s (janitor will retry)", entry.model_id, exc
+                "could not remove %s copy from registry: %s (janitor will retry)", entry.model_id, exc.message
             )
 
     async def _unload_runtime(self, model_id: str) -> None:
-        started = time.perf_counter()
+        started = self.clock.monotonic()
         try:
             await self.runtime.unload(model_id)
-            self.metrics.unloadmodel_seconds.observe(time.perf_counter() - started)
+            self.metrics.unloadmodel_seconds.observe(self.clock.monotonic() - started)
         except MeshError as exc:
             self.metrics.unloadmodel_failure.inc()
-            log.warning("unload of %s failed: %s", model_id, exc)
+            log.warning("unload of %s failed: %s", model_id, exc.message)
 
     def drop_local(self, model_id: str, reason: str) -> None:
         """The registry no longer wants this copy here (e.g. unregistered): unload without registry writes."""
         if model_id in self.cache:
-            self._spawn(self.unload(model_id, reason=reason, update_registry=False), f"mesh:drop:{model_id}")
+            self.tasks.spawn(
+                f"mesh:drop:{model_id}", self.unload(model_id, reason=reason, update_registry=False)
+            )
 
     def runtime_lost(self) -> list[CacheEntry]:
         """The runtime died: every local copy is gone. Fail waiting loads; return the lost entries."""
@@ -270,13 +314,3 @@ class Loader:
                 e.ready.exception()
         self.on_change()
         return lost
-
-    def _spawn(self, coro, name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def close(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,7 +1,8 @@
 """RuntimeClient: this pod's client of the ``mmesh.ModelRuntime`` SPI (load, unload, sizes, status).
 
-The one module of the mesh that speaks the runtime SPI. Errors from the runtime are translated through
-mesh.errors so a load failure carries the runtime's own message to the client that triggered it.
+The one module of the mesh that speaks the runtime SPI. Errors from the runtime are translated by
+``mesh.errors.from_rpc_error(..., Source.RUNTIME_SPI)``, so a load failure carries the runtime's own message
+to the client that triggered it, and only a runtime that does not answer counts as unavailable.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from dataclasses import dataclass, field
 import grpc
 
 from mesh.channels import TlsFiles, aio_channel
+from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.errors import (
     DeadlineExceeded,
     InvalidRequest,
     ModelLoadFailed,
+    ModelNotHere,
     RuntimeUnavailable,
+    Source,
     from_rpc_error,
 )
 from protos.mmesh import model_runtime_pb2 as rt
@@ -41,8 +45,9 @@ class RuntimeInfo:
 
 
 class RuntimeClient:
-    def __init__(self, address: str, *, tls: TlsFiles | None = None) -> None:
+    def __init__(self, address: str, *, tls: TlsFiles | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         self.address = address
+        self.clock = clock
         self._channel = aio_channel(address, tls=tls)
         self._stub = rt_grpc.ModelRuntimeStub(self._channel)
 
@@ -54,7 +59,8 @@ class RuntimeClient:
         try:
             resp = await self._stub.runtimeStatus(rt.RuntimeStatusRequest(), timeout=timeout)
         except grpc.RpcError as exc:
-            raise RuntimeUnavailable(f"runtime at {self.address} unavailable: {exc.details()}") from exc
+            err = from_rpc_error(exc, Source.RUNTIME_SPI, where=self.address)
+            raise RuntimeUnavailable(f"runtime at {self.address} unavailable: {err.message}") from exc
         if resp.status != rt.RuntimeStatusResponse.READY:
             return resp.status, None
         info = RuntimeInfo(
@@ -70,10 +76,9 @@ class RuntimeClient:
 
     async def wait_ready(self, timeout_s: float, poll_s: float = 0.5) -> RuntimeInfo:
         """Poll runtimeStatus until READY (ModelMesh polls every 2 s for up to 180 s)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+        deadline = self.clock.monotonic() + timeout_s
         last: Exception | None = None
-        while loop.time() < deadline:
+        while self.clock.monotonic() < deadline:
             try:
                 status, info = await self.status()
                 if info is not None:
@@ -91,13 +96,13 @@ class RuntimeClient:
         try:
             resp = await self._stub.loadModel(req, timeout=timeout_s)
         except grpc.RpcError as exc:
-            code = exc.code()
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            err = from_rpc_error(exc, Source.RUNTIME_SPI, where=self.address)
+            if isinstance(err, RuntimeUnavailable):
+                raise err from exc
+            if isinstance(err, DeadlineExceeded):
                 raise ModelLoadFailed(model_id, f"load timed out after {timeout_s:.0f}s") from exc
-            if code == grpc.StatusCode.UNAVAILABLE:
-                raise RuntimeUnavailable(f"runtime unavailable during load: {exc.details()}") from exc
-            cause = exc.details() or code.name
             prefix = f"failed to load model '{model_id}': "
+            cause = err.remote_details or err.message
             raise ModelLoadFailed(model_id, cause.removeprefix(prefix)) from exc
         return resp.sizeInBytes
 
@@ -106,17 +111,19 @@ class RuntimeClient:
         try:
             await self._stub.unloadModel(rt.UnloadModelRequest(modelId=model_id), timeout=timeout_s)
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
+            err = from_rpc_error(exc, Source.RUNTIME_SPI, where=self.address, model_id=model_id)
+            if isinstance(err, ModelNotHere):
                 return
-            raise from_rpc_error(exc, where="runtime") from exc
+            raise err from exc
 
     async def predict_size(self, model_id: str, model_type: str, path: str, key: str) -> int | None:
         req = rt.PredictModelSizeRequest(modelId=model_id, modelType=model_type, modelPath=path, modelKey=key)
         try:
             resp = await self._stub.predictModelSize(req, timeout=PREDICT_SIZE_TIMEOUT_S)
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                raise InvalidRequest(exc.details() or "invalid model") from exc
+            err = from_rpc_error(exc, Source.RUNTIME_SPI, where=self.address)
+            if isinstance(err, InvalidRequest):
+                raise err from exc
             return None
         return resp.sizeInBytes or None
 
@@ -124,7 +131,7 @@ class RuntimeClient:
         try:
             resp = await self._stub.modelSize(rt.ModelSizeRequest(modelId=model_id), timeout=SIZING_TIMEOUT_S)
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            if isinstance(from_rpc_error(exc, Source.RUNTIME_SPI, where=self.address), DeadlineExceeded):
                 raise DeadlineExceeded("modelSize timed out") from exc
             return None
         return resp.sizeInBytes or None

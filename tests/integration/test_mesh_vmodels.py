@@ -307,11 +307,11 @@ async def test_concurrent_writers_keep_refs_exact(kv: KvClient, kv_root: str):
     VModels on its own tables, transitions completed with force)."""
     from mesh.cluster.registry import ModelSpec, Registry
     from mesh.cluster.status import ModelStatus
-    from mesh.cluster.view import ClusterView
-    from mesh.cluster.vmodels import VModels
+    from mesh.cluster.view import ViewHolder
+    from mesh.cluster.vmodel_plans import SetRequest
+    from mesh.cluster.vmodels import SetOptions, VModels
     from mesh.kv.table import Table
-    from mesh.local.loader import now_ms
-    from protos.mmesh import model_mesh_pb2 as pb
+    from mesh.tasks import TaskSupervisor
 
     keys = Keys.for_root(kv_root)
     registry_table = Table(kv, keys.registry_prefix, ModelRecord.from_json, name="registry")
@@ -319,30 +319,38 @@ async def test_concurrent_writers_keep_refs_exact(kv: KvClient, kv_root: str):
     instances_table = Table(kv, keys.instances_prefix, lambda raw, rev: None, name="instances")
     for t in (registry_table, vmodels_table):
         await t.start()
-    registry = Registry(registry_table, now_ms)
-    view = ClusterView("test", instances_table, registry_table, vmodels_table)
-    vmodels = VModels(view, kv=kv, table=vmodels_table, registry=registry)
+    registry = Registry(registry_table)
+    tasks = TaskSupervisor()
 
-    class Api:
-        def status_of(self, model_id):
-            return ModelStatus("NOT_LOADED")
+    async def no_load(model_id: str, sync: bool, last_used: int) -> None:
+        """A forced switch asks for a load: no pods here."""
 
-        async def load_and_status(self, model_id, **kw):  # a forced switch asks for a load: not here
-            return self.status_of(model_id)
+    vmodels = VModels(
+        ViewHolder("test", instances_table, registry_table, vmodels_table),
+        kv=kv,
+        table=vmodels_table,
+        registry=registry,
+        availability=None,  # no transition is driven: every move is forced
+        status_of=lambda model_id: ModelStatus("NOT_LOADED"),
+        load=no_load,
+        tasks=tasks,
+    )
 
-    info = pb.ModelInfo(type="sklearn", path="x")
+    spec = ModelSpec(type="sklearn", path="x")
     try:
-        await registry.register("shared", ModelSpec(type="sklearn", path="x"), load_now=False)
+        await registry.register("shared", spec, load_now=False)
         n = 12
 
-        def req(i: int, target: str, **kw) -> pb.SetVModelRequest:
-            return pb.SetVModelRequest(vModelId=f"v{i}", targetModelId=target, modelInfo=info, **kw)
+        def set_vmodel(i: int, target: str, *, force: bool = False, auto_delete: bool = False):
+            return vmodels.set_vmodel(
+                SetRequest(vmodel_id=f"v{i}", target=target, force=force),
+                SetOptions(create=spec, auto_delete=auto_delete),
+            )
 
-        await asyncio.gather(*(vmodels.set_vmodel(req(i, "shared"), Api()) for i in range(n)))
+        await asyncio.gather(*(set_vmodel(i, "shared") for i in range(n)))
         assert (await registry.get_strong("shared")).refs == n
         # half of them move (forced) to an auto-delete model created by the first writer to get there
-        moves = [req(i, "auto", autoDeleteTargetModel=True, force=True) for i in range(0, n, 2)]
-        await asyncio.gather(*(vmodels.set_vmodel(r, Api()) for r in moves))
+        await asyncio.gather(*(set_vmodel(i, "auto", force=True, auto_delete=True) for i in range(0, n, 2)))
         assert (await registry.get_strong("shared")).refs == n // 2
         auto = await registry.get_strong("auto")
         assert auto.refs == n // 2 and auto.auto_delete
@@ -354,6 +362,6 @@ async def test_concurrent_writers_keep_refs_exact(kv: KvClient, kv_root: str):
             await asyncio.sleep(0.1)
         await registry.unregister("shared")
     finally:
-        await vmodels.close()
+        await tasks.close()
         for t in (registry_table, vmodels_table):
             await t.stop()

@@ -7,7 +7,7 @@ import random
 import grpc
 import pytest
 
-from mesh.errors import KvCompacted, KvUnavailable
+from mesh.errors import KvAuthExpired, KvCompacted, KvUnavailable
 from mesh.kv import client as client_mod
 from mesh.kv.client import EtcdTls, KvClient, KvError, LeaseNotFound, _translate, retry
 
@@ -25,7 +25,7 @@ def _rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
         (grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found", LeaseNotFound),
         (grpc.StatusCode.OUT_OF_RANGE, "mvcc: required revision has been compacted", KvCompacted),
         (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: key is not provided", KvError),
-        (grpc.StatusCode.UNAUTHENTICATED, "invalid auth token", KvError),
+        (grpc.StatusCode.UNAUTHENTICATED, "invalid auth token", KvAuthExpired),
     ],
 )
 def test_error_table(code, details, expected):

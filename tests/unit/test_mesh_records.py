@@ -255,8 +255,10 @@ def test_typed_constructors() -> None:
         instance_id("")
 
 
-def test_default_instance_id(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOSTNAME", "modelmesh-serving-abcdef123456")
-    a, b = default_instance_id(), default_instance_id()
+def test_default_instance_id() -> None:
+    a, b = (
+        default_instance_id("modelmesh-serving-abcdef123456"),
+        default_instance_id("modelmesh-serving-abcdef123456"),
+    )
     assert a.startswith("abcdef123456-") and a != b
     check_id(a)

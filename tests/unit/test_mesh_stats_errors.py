@@ -9,9 +9,8 @@ import pytest
 from grpc.aio import AioRpcError, Metadata
 
 from mesh import errors
-from mesh.cluster import instances
 from mesh.cluster.instances import significant
-from mesh.errors import from_rpc_error, to_status
+from mesh.errors import Source, from_rpc_error, to_status
 from mesh.kv.records import InstanceRecord
 from mesh.local.stats import RequestStats
 
@@ -26,11 +25,6 @@ BASE = InstanceRecord(
     rpm=1_000,
     lru_time=NOW - 3_600_000,  # one hour old
 )
-
-
-@pytest.fixture(autouse=True)
-def _clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(instances, "now_ms", lambda: NOW)
 
 
 @pytest.mark.parametrize(
@@ -60,45 +54,45 @@ def _clock(monkeypatch: pytest.MonkeyPatch) -> None:
     ],
 )
 def test_significant_thresholds(changes: dict, expected: bool) -> None:
-    assert significant(BASE, BASE.replace(**changes)) is expected
+    assert significant(BASE, BASE.replace(**changes), NOW) is expected
 
 
 def test_first_record_is_significant() -> None:
-    assert significant(None, BASE)
+    assert significant(None, BASE, NOW)
 
 
 def test_small_counts_any_change() -> None:
     small = BASE.replace(count=3)
-    assert significant(small, small.replace(count=4))
-    assert significant(small, small.replace(count=2))
+    assert significant(small, small.replace(count=4), NOW)
+    assert significant(small, small.replace(count=2), NOW)
     big = BASE.replace(count=200)
-    assert not significant(big, big.replace(count=219))
-    assert significant(big, big.replace(count=220))
+    assert not significant(big, big.replace(count=219), NOW)
+    assert significant(big, big.replace(count=220), NOW)
 
 
 def test_loads_in_progress() -> None:
     busy = BASE.replace(loads_in_progress=2)
-    assert significant(busy, busy.replace(loads_in_progress=0))
-    assert not significant(busy, busy.replace(loads_in_progress=4))
-    assert significant(busy, busy.replace(loads_in_progress=5))
+    assert significant(busy, busy.replace(loads_in_progress=0), NOW)
+    assert not significant(busy, busy.replace(loads_in_progress=4), NOW)
+    assert significant(busy, busy.replace(loads_in_progress=5), NOW)
 
 
 def test_rpm_relative_when_low() -> None:
     low = BASE.replace(rpm=50)
-    assert not significant(low, low.replace(rpm=55))
-    assert significant(low, low.replace(rpm=56))  # > 10 %
+    assert not significant(low, low.replace(rpm=55), NOW)
+    assert significant(low, low.replace(rpm=56), NOW)  # > 10 %
     zero = BASE.replace(rpm=0)
-    assert not significant(zero, zero.replace(rpm=99))
-    assert significant(zero, zero.replace(rpm=100))
+    assert not significant(zero, zero.replace(rpm=99), NOW)
+    assert significant(zero, zero.replace(rpm=100), NOW)
 
 
 def test_lru_recent_needs_20s() -> None:
     young = BASE.replace(lru_time=NOW - 30_000)
-    assert not significant(young, young.replace(lru_time=NOW - 15_000))
-    assert significant(young, young.replace(lru_time=NOW - 5_000))
+    assert not significant(young, young.replace(lru_time=NOW - 15_000), NOW)
+    assert significant(young, young.replace(lru_time=NOW - 5_000), NOW)
     # from "empty" (0) to a time: 0 counts as now
     empty = BASE.replace(lru_time=0)
-    assert significant(empty, empty.replace(lru_time=NOW - 3_600_000))
+    assert significant(empty, empty.replace(lru_time=NOW - 3_600_000), NOW)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -176,7 +170,12 @@ ALL_MESH_ERRORS = [
         grpc.StatusCode.PERMISSION_DENIED,
         False,
     ),
-    (errors.RemoteError(grpc.StatusCode.UNAVAILABLE, "down"), grpc.StatusCode.UNAVAILABLE, True),
+    (errors.RemoteError(grpc.StatusCode.UNAVAILABLE, "down"), grpc.StatusCode.UNAVAILABLE, False),
+    (errors.LoadedElsewhere(["pod-2"]), grpc.StatusCode.ABORTED, True),
+    (errors.PermissionDenied("no"), grpc.StatusCode.PERMISSION_DENIED, False),
+    (errors.KvError("etcd said no"), grpc.StatusCode.INTERNAL, False),
+    (errors.LeaseNotFound("gone"), grpc.StatusCode.INTERNAL, False),
+    (errors.KvAuthExpired("token"), grpc.StatusCode.INTERNAL, False),
     (errors.MeshError("base"), grpc.StatusCode.INTERNAL, False),
 ]
 
@@ -235,25 +234,102 @@ def test_generic_exception_to_status() -> None:
     assert to_status(KeyError("k"))[0] is grpc.StatusCode.INTERNAL
 
 
-def test_from_rpc_error_keeps_code_and_details() -> None:
-    exc = AioRpcError(grpc.StatusCode.INVALID_ARGUMENT, Metadata(), Metadata(), details="bad tensor")
-    err = from_rpc_error(exc, where="runtime")
+def _rpc_error(code: grpc.StatusCode, details: str | None, trailer: str | None = None) -> AioRpcError:
+    trailing = Metadata((errors.ERROR_TRAILER, trailer)) if trailer else Metadata()
+    return AioRpcError(code, Metadata(), trailing, details=details)
+
+
+def test_runtime_verdicts_pass_through_unchanged() -> None:
+    err = from_rpc_error(
+        _rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "bad tensor"), Source.RUNTIME, where="rt"
+    )
     assert isinstance(err, errors.RemoteError)
     assert to_status(err) == (grpc.StatusCode.INVALID_ARGUMENT, "bad tensor")
     assert not err.retryable
 
 
-def test_from_rpc_error_unavailable() -> None:
-    exc = AioRpcError(grpc.StatusCode.UNAVAILABLE, Metadata(), Metadata(), details="connect failed")
-    err = from_rpc_error(exc, where="runtime")
+@pytest.mark.parametrize(
+    ("code", "details"),
+    [
+        (grpc.StatusCode.NOT_FOUND, "whatever"),
+        (grpc.StatusCode.INVALID_ARGUMENT, "Model iris not found"),  # MLServer
+        (grpc.StatusCode.UNAVAILABLE, "Request for unknown model: 'iris' is not found"),  # Triton
+    ],
+)
+def test_runtime_no_such_model_is_model_not_here(code: grpc.StatusCode, details: str) -> None:
+    err = from_rpc_error(_rpc_error(code, details), Source.RUNTIME, where="rt", model_id="iris")
+    assert isinstance(err, errors.ModelNotHere) and err.retryable and "iris" in err.message
+
+
+def test_runtime_unavailable() -> None:
+    err = from_rpc_error(
+        _rpc_error(grpc.StatusCode.UNAVAILABLE, "connect failed"), Source.RUNTIME, where="rt"
+    )
     assert isinstance(err, errors.RuntimeUnavailable) and err.retryable
-    assert err.message == "runtime unavailable: connect failed"
-    plain = from_rpc_error(exc)
-    assert isinstance(plain, errors.RemoteError) and plain.retryable
-    assert plain.grpc_code is grpc.StatusCode.UNAVAILABLE
+    assert "connect failed" in err.message
 
 
-def test_from_rpc_error_without_details_uses_code() -> None:
-    exc = AioRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, Metadata(), Metadata(), details=None)
-    err = from_rpc_error(exc)
-    assert err.message == str(grpc.StatusCode.RESOURCE_EXHAUSTED) and err.retryable
+def test_peer_errors_are_rebuilt_from_their_trailer_not_their_text() -> None:
+    for exc in (
+        errors.ModelNotHere("m", "pod-2"),
+        errors.CapacityExhausted("full"),
+        errors.ModelLoadFailed("m", "disk full"),
+        errors.InvalidRequest("bad header"),
+    ):
+        code, details = to_status(exc)
+        trailer = dict(errors.error_trailer(exc))[errors.ERROR_TRAILER]
+        back = from_rpc_error(_rpc_error(code, details, trailer), Source.PEER, where="pod-2")
+        assert type(back) is type(exc)
+        assert to_status(back) == (code, details)
+        assert back.retryable is exc.retryable
+
+
+def test_peer_without_trailer() -> None:
+    # No answer of its own: unreachable.
+    down = from_rpc_error(
+        _rpc_error(grpc.StatusCode.UNAVAILABLE, "failed to connect"), Source.PEER, where="p"
+    )
+    assert isinstance(down, errors.PeerUnavailable) and down.retryable
+    # gRPC's own verdict (an oversized message) is not "the peer is full": the same request fails anywhere.
+    big = from_rpc_error(_rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "too large"), Source.PEER, where="p")
+    assert isinstance(big, errors.RemoteError) and not big.retryable
+    assert big.grpc_code is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_a_trailer_naming_no_mesh_error_is_ignored() -> None:
+    err = from_rpc_error(
+        _rpc_error(grpc.StatusCode.INTERNAL, "x", trailer="NotAClass"), Source.PEER, where="p"
+    )
+    assert isinstance(err, errors.RemoteError)
+    assert errors.error_trailer(ValueError("x")) == ()
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "cls"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, "down", errors.KvUnavailable),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "", errors.KvUnavailable),
+        (grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found", errors.LeaseNotFound),
+        (
+            grpc.StatusCode.OUT_OF_RANGE,
+            "etcdserver: mvcc: required revision has been compacted",
+            errors.KvCompacted,
+        ),
+        (grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied", errors.KvError),
+    ],
+)
+def test_etcd_errors(code: grpc.StatusCode, details: str, cls: type) -> None:
+    assert type(from_rpc_error(_rpc_error(code, details), Source.ETCD, where="get")) is cls
+
+
+def test_runtime_spi_errors() -> None:
+    spi = Source.RUNTIME_SPI
+    assert isinstance(
+        from_rpc_error(_rpc_error(grpc.StatusCode.UNAVAILABLE, "x"), spi), errors.RuntimeUnavailable
+    )
+    assert isinstance(
+        from_rpc_error(_rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "x"), spi), errors.InvalidRequest
+    )
+    assert isinstance(from_rpc_error(_rpc_error(grpc.StatusCode.NOT_FOUND, "x"), spi), errors.ModelNotHere)
+    internal = from_rpc_error(_rpc_error(grpc.StatusCode.INTERNAL, None), spi)
+    assert isinstance(internal, errors.RemoteError) and internal.message == "INTERNAL"

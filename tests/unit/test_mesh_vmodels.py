@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.cluster.vmodels import (
+from mesh.cluster.vmodel_plans import (
     DEFINED,
     TRANSITION_FAILED,
     TRANSITIONING,
