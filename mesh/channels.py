@@ -49,13 +49,25 @@ def aio_channel(
     return grpc.aio.insecure_channel(address, options=opts)
 
 
-def add_port(server: grpc.aio.Server, address: str, *, tls: TlsFiles | None = None) -> int:
-    """Bind ``address`` on ``server`` with TLS when a certificate is configured. Returns the bound port."""
+CLIENT_AUTH_MODES = ("none", "optional", "require")
+
+
+def add_port(
+    server: grpc.aio.Server, address: str, *, tls: TlsFiles | None = None, client_auth: str = "optional"
+) -> int:
+    """Bind ``address`` on ``server`` with TLS when a certificate is configured. Returns the bound port.
+
+    ``client_auth``: ``none`` (no client certificates asked for), ``optional`` (verified against ``tls.ca``
+    when presented) or ``require`` (mTLS: a connection without a certificate from ``tls.ca`` is refused)."""
+    if client_auth not in CLIENT_AUTH_MODES:
+        raise ValueError(f"client auth {client_auth!r} is not one of {', '.join(CLIENT_AUTH_MODES)}")
     if tls is not None and tls.cert:
+        if client_auth == "require" and not tls.ca:
+            raise ValueError("client auth 'require' needs a CA bundle (MM_TLS_CA_PATH) to verify clients")
         creds = grpc.ssl_server_credentials(
             [(_read(tls.key), _read(tls.cert))],
-            root_certificates=_read(tls.ca),
-            require_client_auth=False,
+            root_certificates=_read(tls.ca) if client_auth != "none" else None,
+            require_client_auth=client_auth == "require",
         )
         return server.add_secure_port(address, creds)
     return server.add_insecure_port(address)

@@ -224,8 +224,13 @@ def vmodel_status_dict(info: mm.VModelStatusInfo) -> dict[str, Any]:
         "active_model_id": info.activeModelId,
         "target_model_id": info.targetModelId,
         "owner": info.owner,
-        "active_model_status": model_status_dict(info.activeModelStatus),
-        "target_model_status": model_status_dict(info.targetModelStatus),
+        "active_model_status": model_status_dict(info.activeModelStatus)
+        if info.HasField("activeModelStatus")
+        else None,
+        # set only while the target differs from the active model (as ModelMesh)
+        "target_model_status": model_status_dict(info.targetModelStatus)
+        if info.HasField("targetModelStatus")
+        else None,
     }
 
 

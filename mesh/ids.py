@@ -18,6 +18,12 @@ VModelId = NewType("VModelId", str)
 InstanceId = NewType("InstanceId", str)
 
 MAX_ID_LENGTH = 256
+#: Bounds of the other client-chosen strings that become state (registry records, runtime calls). A record
+#: stays far below etcd's request limit (1.5 MiB), and a runtime never gets an unbounded path or key.
+MAX_TYPE_LENGTH = 256
+MAX_PATH_LENGTH = 4096
+MAX_KEY_LENGTH = 16 * 1024
+MAX_OWNER_LENGTH = 256
 
 
 def check_id(value: str, *, what: str = "model id") -> str:
@@ -35,6 +41,22 @@ def check_id(value: str, *, what: str = "model id") -> str:
     if value in (".", ".."):
         raise InvalidRequest(f"{what} must not be '.' or '..'")
     return value
+
+
+def check_length(value: str, limit: int, *, what: str) -> str:
+    """``value`` if it has at most ``limit`` characters, else InvalidRequest naming the field and the limit."""
+    if len(value) > limit:
+        raise InvalidRequest(f"{what} is too long ({len(value)} > {limit} characters)")
+    return value
+
+
+def check_model_info(model_type: str, path: str, key: str) -> None:
+    """Validate a registration's ModelInfo (type required; every field bounded)."""
+    if not model_type:
+        raise InvalidRequest("modelInfo.type must not be empty")
+    check_length(model_type, MAX_TYPE_LENGTH, what="modelInfo.type")
+    check_length(path, MAX_PATH_LENGTH, what="modelInfo.path")
+    check_length(key, MAX_KEY_LENGTH, what="modelInfo.key")
 
 
 def model_id(value: str) -> ModelId:

@@ -33,7 +33,14 @@ Metadata = Sequence[tuple[str, str | bytes]]
 
 
 class PeerClient:
-    def __init__(self, *, tls: TlsFiles | None = None, max_message_bytes: int = 16 << 20) -> None:
+    def __init__(
+        self,
+        *,
+        auth_metadata: Metadata = (),
+        tls: TlsFiles | None = None,
+        max_message_bytes: int = 16 << 20,
+    ) -> None:
+        self._auth = tuple(auth_metadata)  # the cluster's peer token (mesh.dataplane.peer_auth)
         self._tls = tls
         self._max = max_message_bytes
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -63,7 +70,9 @@ class PeerClient:
     ) -> bytes:
         """Send ``payload`` to ``peer`` as ``method``; its answer's bytes, or the MeshError it failed with."""
         try:
-            return await self._call(address, method)(payload, metadata=metadata, timeout=timeout)
+            return await self._call(address, method)(
+                payload, metadata=(*metadata, *self._auth), timeout=timeout
+            )
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, Source.PEER, where=f"{peer} ({address})") from exc
 
@@ -73,7 +82,7 @@ class PeerClient:
         """Have ``peer`` load ``model_id`` (one more copy when ``copy``) and wait for the outcome."""
         call = self._call(address, ENSURE_LOADED, raw=False)
         request = pb.EnsureLoadedRequest(modelId=model_id, lastUsedTime=last_used, sync=True)
-        metadata = ((h.INTERNAL, h.INTERNAL_COPY if copy else h.INTERNAL_LOAD),)
+        metadata = ((h.INTERNAL, h.INTERNAL_COPY if copy else h.INTERNAL_LOAD), *self._auth)
         try:
             status = await call(request, metadata=metadata, timeout=timeout)
         except grpc.aio.AioRpcError as exc:

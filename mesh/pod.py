@@ -42,12 +42,14 @@ from mesh.cluster.availability import Availability
 from mesh.cluster.drain import Drain
 from mesh.cluster.instances import InstancePublisher
 from mesh.cluster.janitor import Janitor, Reaper
+from mesh.cluster.peer_secret import peer_secret
 from mesh.cluster.placement import TypeConstraints
 from mesh.cluster.registry import LocalCopyRecords, Registry
 from mesh.cluster.reservations import Reservations
 from mesh.cluster.scaling import CopyScaler
 from mesh.cluster.view import ViewHolder
 from mesh.cluster.vmodels import VModels
+from mesh.dataplane.peer_auth import PeerAuth
 from mesh.dataplane.router import Router
 from mesh.dataplane.server import NOT_SERVING, SERVING, InferenceHandler, add_health
 from mesh.errors import MeshError
@@ -151,6 +153,7 @@ class Pod:
             await t.start(self.tasks)
         self.session = Session(self.kv, ttl=s.lease_ttl_s, on_lease=self._on_new_lease, name="pod")
         await self.session.start(tasks=self.tasks)
+        self.peer_auth = PeerAuth(await peer_secret(self.kv, self.keys, path=s.peer_secret_path))
 
     def _build_cluster(self, info) -> None:
         s, clock, me = self.settings, self.clock, self.instance_id
@@ -175,7 +178,9 @@ class Pod:
         self.runtime.on_back(self._runtime_back)
         self.tls = TlsFiles(ca=s.tls_ca, cert=s.tls_cert, key=s.tls_key)
         self.peers = PeerClient(
-            tls=self.tls if self.tls.enabled else None, max_message_bytes=s.max_message_bytes
+            auth_metadata=self.peer_auth.metadata,
+            tls=self.tls if self.tls.enabled else None,
+            max_message_bytes=s.max_message_bytes,
         )
         self.views.add_listener(lambda view: self.peers.retain({r.address for r in view.instances.values()}))
         self.availability = Availability(
@@ -201,6 +206,7 @@ class Pod:
             cold=self.availability,
             runtime=lambda: self.runtime.link,
             peers=self.peers,
+            peer_auth=self.peer_auth,
             stats=self.stats,
             metrics=self.metrics,
             request_timeout_s=s.request_timeout_s,
@@ -241,6 +247,7 @@ class Pod:
         )
         self.election.on_change(self._leader_changed)
         self.instances_table.add_listener(self.reaper.on_instance_change)
+        self.registry_table.add_listener(self.reaper.on_record_change)
         await self.election.start(self.tasks)
         self.tasks.every(
             "mesh:reaper", self.reaper.interval_s, self.reaper.sweep_if_leader, kick=self.reaper.kick
@@ -270,7 +277,7 @@ class Pod:
             extra_copy_idle_s=s.extra_copy_idle_s,
             clock=self.clock,
         )
-        self.tasks.every("mesh:scaler", s.scale_check_interval_s, self.scaler.run_once)
+        self.tasks.every("mesh:scaler", s.scale_check_interval_s, self._scale_copies)
         self.tasks.every("mesh:janitor", s.janitor_interval_s, self.janitor.run_once)
         self.tasks.every("mesh:stats", s.stats_tick_s, self._roll_stats)
 
@@ -289,6 +296,7 @@ class Pod:
             failure_expiry_ms=s.load_failure_expiry_ms,
             kv_healthy=self.kv_healthy,
             tasks=self.tasks,
+            peer_auth=self.peer_auth,
             clock=self.clock,
         )
         self.vmodels = VModels(
@@ -327,7 +335,12 @@ class Pod:
                 ),
             )
         )
-        port = add_port(self.server, f"{s.host}:{s.port}", tls=self.tls if self.tls.cert else None)
+        port = add_port(
+            self.server,
+            f"{s.host}:{s.port}",
+            tls=self.tls if self.tls.cert else None,
+            client_auth=s.tls_client_auth,
+        )
         if not port:
             raise RuntimeError(f"could not bind {s.host}:{s.port}")
         await self.server.start()
@@ -400,6 +413,12 @@ class Pod:
         self.info = info
         self.loader.set_runtime_info(info)
         self.loader.runtime_ready = True
+
+    async def _scale_copies(self) -> None:
+        """Copy scaling needs etcd for every copy it adds or removes: skip the check while etcd is lost, rather
+        than start loads whose claims cannot be recorded (and that requests would then wait on)."""
+        if self.kv_healthy():
+            await self.scaler.run_once()
 
     async def _roll_stats(self) -> None:
         self.stats.roll(self.clock.now_ms())

@@ -48,6 +48,18 @@ class MeshSettings:
     )
     tls_key: str = _opt("", "MM_TLS_PRIVATE_KEY_PATH", "PEM private key for the external listener.")
     tls_ca: str = _opt("", "MM_TLS_CA_PATH", "CA bundle to verify peers (pod-to-pod forwarding over TLS).")
+    tls_client_auth: str = _opt(
+        "optional",
+        "MM_TLS_CLIENT_AUTH",
+        "Client certificates on the TLS listener: none, optional (verified when presented, with MM_TLS_CA_PATH) "
+        "or require (mTLS: clients and peers without a certificate from MM_TLS_CA_PATH are refused).",
+    )
+    peer_secret_path: str = _opt(
+        "",
+        "MM_PEER_SECRET_PATH",
+        "File holding the cluster's peer secret (internal metadata is honoured only with it); default: a "
+        "random secret created once in etcd by the first pod.",
+    )
     # --- cluster placement attributes
     zone: str = _opt("", "MM_ZONE", "Zone label published in the instance record.")
     location: str = _opt("", "MM_LOCATION", "Node address/location published in the instance record.")

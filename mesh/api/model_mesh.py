@@ -17,13 +17,14 @@ import grpc
 from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.cluster.availability import Availability
 from mesh.cluster.registry import ModelSpec, Registry
-from mesh.cluster.status import ModelStatus, model_status
+from mesh.cluster.status import LOADING, NOT_LOADED, ModelStatus, model_status
 from mesh.cluster.view import ViewHolder
 from mesh.cluster.vmodel_plans import SetRequest, vmodel_status
 from mesh.cluster.vmodels import SetOptions, VModels
 from mesh.dataplane import headers as h
-from mesh.errors import InvalidRequest, KvUnavailable, MeshError
-from mesh.ids import check_id
+from mesh.dataplane.peer_auth import PeerAuth
+from mesh.errors import InvalidRequest, KvUnavailable, MeshError, ModelNotFound
+from mesh.ids import MAX_OWNER_LENGTH, check_id, check_length, check_model_info
 from mesh.kv.records import VModelRecord
 from mesh.local.cache import LocalCache
 from mesh.local.loader import Loader
@@ -65,6 +66,7 @@ class ModelMeshServicer(pb_grpc.ModelMeshServicer):
         failure_expiry_ms: int,
         kv_healthy: Callable[[], bool],
         tasks: TaskSupervisor,
+        peer_auth: PeerAuth,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.instance_id = instance_id
@@ -76,6 +78,7 @@ class ModelMeshServicer(pb_grpc.ModelMeshServicer):
         self.failure_expiry_ms = failure_expiry_ms
         self._kv_healthy = kv_healthy
         self.tasks = tasks
+        self.peer_auth = peer_auth
         self.clock = clock
         self.vmodels: VModels | None = None  # set by the pod (VModels loads through this servicer)
 
@@ -118,13 +121,15 @@ class ModelMeshServicer(pb_grpc.ModelMeshServicer):
             return await self._settled_status(model_id)
         self.tasks.spawn(f"mesh:ensure:{model_id}", coro)
         await asyncio.sleep(0)
-        return self.status_of(model_id)
+        status = self.status_of(model_id)
+        if status.status == NOT_LOADED:  # the load has been started: ModelMesh answers LOADING
+            return ModelStatus(LOADING, copies=status.copies)
+        return status
 
     async def registerModel(self, request: pb.RegisterModelRequest, context):
         model_id = check_id(request.modelId)
         info = request.modelInfo
-        if not info.type:
-            raise InvalidRequest("modelInfo.type must not be empty")
+        check_model_info(info.type, info.path, info.key)
         self._check_kv()
         min_copies, max_copies = _copy_bounds(context.invocation_metadata())
         await self.registry.register(
@@ -154,8 +159,9 @@ class ModelMeshServicer(pb_grpc.ModelMeshServicer):
     async def ensureLoaded(self, request: pb.EnsureLoadedRequest, context):
         model_id = check_id(request.modelId)
         md = h.parse_metadata(context.invocation_metadata())
+        self.peer_auth.check(md, self.clock)
         if self.views.current.model(model_id) is None and await self.registry.get_strong(model_id) is None:
-            return to_proto(self.status_of(model_id))
+            raise ModelNotFound(model_id)  # as ModelMesh: a failed call, not OK with NOT_FOUND inside
         st = await self.load_and_status(
             model_id,
             request.sync,
@@ -177,10 +183,10 @@ class ModelMeshServicer(pb_grpc.ModelMeshServicer):
         if request.expectedTargetModelId:
             check_id(request.expectedTargetModelId, what="expected target model id")
         create = None
+        check_length(request.owner, MAX_OWNER_LENGTH, what="owner")
         if request.HasField("modelInfo"):
             info = request.modelInfo
-            if not info.type:
-                raise InvalidRequest("modelInfo.type must not be empty")
+            check_model_info(info.type, info.path, info.key)
             create = ModelSpec(type=info.type, path=info.path, key=info.key)
         await self._vmodels().set_vmodel(
             SetRequest(
@@ -218,7 +224,8 @@ class ModelMeshServicer(pb_grpc.ModelMeshServicer):
             targetModelId=rec.target,
             owner=rec.owner,
             activeModelStatus=to_proto(self.status_of(rec.active)) if rec.active else None,
-            targetModelStatus=to_proto(self.status_of(rec.target)) if rec.target else None,
+            # as ModelMesh: the target's status only while it differs from the active model
+            targetModelStatus=to_proto(self.status_of(rec.target)) if rec.target != rec.active else None,
         )
 
 

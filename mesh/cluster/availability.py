@@ -29,10 +29,11 @@ from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.cluster.placement import TypeConstraints, choose_copy, choose_load_target
 from mesh.cluster.registry import Registry
 from mesh.cluster.reservations import Reservations
-from mesh.cluster.view import ViewHolder
+from mesh.cluster.view import ClusterView, ViewHolder
 from mesh.dataplane import headers as h
 from mesh.dataplane.ports import ABSENT, LOCAL, Route, RouteKind
 from mesh.errors import (
+    KvUnavailable,
     LoadedElsewhere,
     MeshError,
     ModelLoadFailed,
@@ -118,6 +119,13 @@ class Availability:
             if entry is not None and me not in exclude:
                 if entry.active:
                     return LOCAL
+                # An extra copy loading here: serve a client's request from a loaded copy meanwhile (a request a
+                # peer sent here is never forwarded again, so it waits).
+                loaded_elsewhere = (
+                    None if internal else self._loaded_copy_elsewhere(view, model_id, exclude, hop)
+                )
+                if loaded_elsewhere is not None:
+                    return loaded_elsewhere
                 # loading here: wait for it with the others
                 outcome = await self._attempt_here(self.loader.wait(entry), exclude)
                 if outcome is None:
@@ -242,15 +250,31 @@ class Availability:
         return target
 
     # ------------------------------------------------------------------ helpers
+    def _loaded_copy_elsewhere(
+        self, view: ClusterView, model_id: str, exclude: set[str], hop: int
+    ) -> Route | None:
+        """A FORWARD to a live pod that has ``model_id`` LOADED (not just claimed), if any and hops remain."""
+        rec = view.model(model_id)
+        if rec is None or hop >= self.max_hops:
+            return None
+        me, alive = self.instance_id, view.instances
+        ready = [i for i in rec.loaded if i != me and i in alive and i not in exclude]
+        if not ready:
+            return None
+        target = choose_copy(ready, rec.loaded, alive, self.rng)
+        assert target is not None
+        return Route(RouteKind.FORWARD, target, view.address(target) or "", h.INTERNAL_HIT)
+
     async def _attempt_here(self, load: Awaitable[object], exclude: set[str]) -> list[str] | MeshError | None:
         """Run a load on this pod (or wait for one). None: the copy is here. A list of pods: another pod won
-        the claim, serve there. A MeshError: it failed here, and this pod is now in ``exclude``."""
+        the claim, serve there. A MeshError: it failed here (the runtime, or etcd for the claim), and this pod
+        is now in ``exclude`` so the request goes to a copy elsewhere or a load on another pod."""
         try:
             await load
             return None
         except LoadedElsewhere as exc:
             return exc.holders
-        except (ModelLoadFailed, RuntimeUnavailable) as exc:
+        except (ModelLoadFailed, RuntimeUnavailable, KvUnavailable) as exc:
             exclude.add(self.instance_id)
             return exc
 

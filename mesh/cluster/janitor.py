@@ -20,7 +20,7 @@ from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.cluster.availability import Availability
 from mesh.cluster.registry import Registry
 from mesh.cluster.view import ViewHolder
-from mesh.kv.records import InstanceRecord
+from mesh.kv.records import InstanceRecord, ModelRecord
 from mesh.local.cache import EntryState, LocalCache
 from mesh.local.loader import Loader
 from mesh.tasks import TaskSupervisor
@@ -106,11 +106,21 @@ class Reaper:
         self.is_leader = False
         self.kick = asyncio.Event()
         self._reloads: set[asyncio.Task] = set()
+        self._deferred = False  # work skipped at the parallel-reload bound: sweep again when a slot frees
 
     def on_instance_change(
         self, instance_id: str, old: InstanceRecord | None, new: InstanceRecord | None
     ) -> None:
         if new is None and old is not None:
+            self.kick.set()
+
+    def on_record_change(self, model_id: str, old: ModelRecord | None, new: ModelRecord | None) -> None:
+        """A model that dropped below its ``min_copies`` (a copy released, a pod restarted and cleared its
+        claims) is topped up at once, not at the next periodic sweep."""
+        if not self.is_leader or new is None or not new.min_copies:
+            return
+        alive = self.views.current.alive()
+        if sum(1 for i in new.instances if i in alive) < new.min_copies:
             self.kick.set()
 
     async def sweep(self) -> int:
@@ -139,12 +149,14 @@ class Reaper:
 
     def _reload(self, model_id: str, last_used: int) -> None:
         if len(self._reloads) >= MAX_PARALLEL_RELOADS:
+            self._deferred = True
             return
         log.info("reaper: %s lost its only copy with a dead pod; loading it elsewhere", model_id)
         self._track(self.availability.ensure_loaded(model_id, last_used=last_used), f"mesh:reload:{model_id}")
 
     def _top_up(self, model_id: str, missing: int, holders: set[str]) -> None:
         if len(self._reloads) >= MAX_PARALLEL_RELOADS:
+            self._deferred = True
             return
         size = self.availability.default_size
 
@@ -162,7 +174,13 @@ class Reaper:
     def _track(self, coro, name: str) -> None:
         task = self.tasks.spawn(name, coro)
         self._reloads.add(task)
-        task.add_done_callback(self._reloads.discard)
+        task.add_done_callback(self._reload_done)
+
+    def _reload_done(self, task: asyncio.Task) -> None:
+        self._reloads.discard(task)
+        if self._deferred:
+            self._deferred = False
+            self.kick.set()
 
     async def sweep_if_leader(self) -> None:
         if self.is_leader:

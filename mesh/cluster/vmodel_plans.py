@@ -4,15 +4,18 @@ refs bookkeeping that goes with them. No I/O; ``mesh.cluster.vmodels`` commits w
 Invariant kept by every commit: ``refs(m)`` = number of vmodels whose ``{active, target}`` contains ``m``
 (``ref_deltas``), so a model is never unregistered while a vmodel points at it.
 
-Owner semantics: set and delete on a vmodel with a non-empty owner require the same owner
-(FAILED_PRECONDITION otherwise); a vmodel without an owner takes the first one given.
+Owner semantics, as ModelMesh's ``VModelManager`` (clients can tell): the owner is checked only when the
+request names one. ``setVModel`` naming another owner than the existing vmodel's fails with ALREADY_EXISTS;
+``deleteVModel`` naming another owner succeeds without effect; a request naming no owner acts on any vmodel;
+a vmodel without an owner takes the first one given. ``expectedTargetModelId`` is a compare-and-swap on an
+existing vmodel's target; it does not stop the creation of a vmodel that does not exist yet.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mesh.errors import FailedPrecondition, ModelNotFound
+from mesh.errors import AlreadyExists, FailedPrecondition, ModelNotFound
 from mesh.kv.records import VModelRecord
 
 DEFINED = "DEFINED"
@@ -33,23 +36,20 @@ class SetRequest:
     force: bool = False
 
 
-def check_owner(vmodel_id: str, cur: VModelRecord | None, owner: str) -> None:
-    if cur is not None and cur.owner and cur.owner != owner:
-        raise FailedPrecondition(
-            f"vmodel '{vmodel_id}' is owned by '{cur.owner}', not by '{owner}'"
-            if owner
-            else f"vmodel '{vmodel_id}' is owned by '{cur.owner}'; the request names no owner"
-        )
+def owned_by_other(cur: VModelRecord | None, owner: str) -> bool:
+    """The request names an owner and the existing vmodel has a different one."""
+    return bool(owner) and cur is not None and bool(cur.owner) and cur.owner != owner
 
 
 def plan_set(cur: VModelRecord | None, req: SetRequest) -> VModelRecord:
     """The vmodel record after ``setVModel`` (``cur`` itself when nothing changes). Raises on owner
-    mismatch, expectedTargetModelId mismatch and updateOnly of a missing vmodel."""
-    check_owner(req.vmodel_id, cur, req.owner)
-    if req.expected_target and (cur is None or cur.target != req.expected_target):
-        actual = f"'{cur.target}'" if cur is not None else "none (the vmodel does not exist)"
+    mismatch (ALREADY_EXISTS), expectedTargetModelId mismatch and updateOnly of a missing vmodel."""
+    if owned_by_other(cur, req.owner):
+        assert cur is not None
+        raise AlreadyExists(f"vmodel '{req.vmodel_id}' already exists and is owned by '{cur.owner}'")
+    if req.expected_target and cur is not None and cur.target != req.expected_target:
         raise FailedPrecondition(
-            f"vmodel '{req.vmodel_id}' target is {actual}, not the expected '{req.expected_target}'"
+            f"vmodel '{req.vmodel_id}' target is '{cur.target}', not the expected '{req.expected_target}'"
         )
     if cur is None:
         if req.update_only:
@@ -77,8 +77,10 @@ def plan_fail(cur: VModelRecord | None, target: str) -> VModelRecord | None:
     return cur.replace(failed=True)
 
 
-def plan_delete(vmodel_id: str, cur: VModelRecord | None, owner: str) -> None:
-    check_owner(vmodel_id, cur, owner)
+def plan_delete(cur: VModelRecord | None, owner: str) -> VModelRecord | None:
+    """Delete the vmodel, unless the request names another owner (then nothing happens, as ModelMesh)."""
+    if owned_by_other(cur, owner):
+        return cur
     return None
 
 

@@ -163,8 +163,9 @@ class VModels:
 
     async def delete_vmodel(self, vmodel_id: str, owner: str) -> None:
         """Delete the vmodel and its refs (no effect if missing); autoDel models left unreferenced go too."""
-        await self._commit(vmodel_id, lambda cur: plan_delete(vmodel_id, cur, owner))
-        self._cancel_driver(vmodel_id)
+        _, new = await self._commit(vmodel_id, lambda cur: plan_delete(cur, owner))
+        if new is None:
+            self._cancel_driver(vmodel_id)
 
     def get(self, vmodel_id: str, owner: str) -> VModelRecord | None:
         """The vmodel as ``getVModelStatus`` sees it: absent for a non-matching owner (as ModelMesh)."""

@@ -5,10 +5,11 @@ The model id comes from ``mm-model-id`` / ``mm-model-id-bin`` (concrete model) o
 (``model_name`` of ModelInferRequest, ``name`` of ModelMetadata/ModelReady requests). Only that one field is
 read, by scanning the top-level protobuf wire format; the payload is never decoded (DESIGN §3).
 
-Internal metadata set by pods when forwarding (never trusted to widen anything, only to narrow what a pod
-does): ``mm-hop`` (forward count), ``mm-exclude`` (instance ids not to use), ``mm-internal`` (``hit`` = serve
-only if loaded here, ``load`` = load here unless another pod claimed the model first, ``copy`` = load one more
-copy here), ``mm-lu`` (last-used time, epoch ms).
+Internal metadata set by pods when forwarding: ``mm-hop`` (forward count), ``mm-exclude`` (instance ids not to
+use), ``mm-internal`` (``hit`` = serve only if loaded here, ``load`` = load here unless another pod claimed the
+model first, ``copy`` = load one more copy here), ``mm-lu`` (last-used time, epoch ms). They are honoured only
+with the cluster's peer token in ``mm-peer-token`` (``mesh.dataplane.peer_auth``); a client that sends them
+without it is refused.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ EXCLUDE = "mm-exclude"
 INTERNAL = "mm-internal"
 LAST_USED = "mm-lu"
 BALANCED = "mm-balanced"
+PEER_TOKEN = "mm-peer-token"  # the cluster's peer secret: internal metadata is honoured only with it
 
 MIN_COPIES = "mm-min-copies"  # registerModel extension: per-model copy bounds
 MAX_COPIES = "mm-max-copies"
@@ -76,7 +78,20 @@ class RequestInfo:
     internal: str = ""
     last_used: int = 0
     balanced: bool = False
+    peer_token: str = ""
     passthrough: list[tuple[str, str | bytes]] = field(default_factory=list)
+
+    def internal_header(self) -> str:
+        """The first internal header this request carries ("" if none): only peers may send these."""
+        if self.internal:
+            return INTERNAL
+        if self.hop:
+            return HOP
+        if self.exclude:
+            return EXCLUDE
+        if self.last_used:
+            return LAST_USED
+        return ""
 
 
 def parse_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> RequestInfo:
@@ -104,6 +119,8 @@ def parse_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> Reques
             info.last_used = _int(value, key)
         elif key == BALANCED:
             info.balanced = _text(value, key).lower() == "true"
+        elif key == PEER_TOKEN:
+            info.peer_token = _text(value, key)
         elif not key.startswith(_DROP_PREFIXES) and key not in _DROP_EXACT:
             info.passthrough.append((key, value))
     if len(set(model_ids)) > 1:

@@ -27,6 +27,7 @@ from prometheus_client import Histogram
 
 from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.dataplane import headers as h
+from mesh.dataplane.peer_auth import PeerAuth
 from mesh.dataplane.ports import ColdPath, Route, RouteKind
 from mesh.dataplane.runtime_link import RuntimeLink
 from mesh.errors import (
@@ -72,6 +73,7 @@ class Router:
         cold: ColdPath,
         runtime: Callable[[], RuntimeLink | None],
         peers: PeerClient,
+        peer_auth: PeerAuth,
         stats: RequestStats,
         metrics: MeshMetrics,
         request_timeout_s: float = 60.0,
@@ -84,6 +86,7 @@ class Router:
         self.cold = cold
         self.runtime = runtime
         self.peers = peers
+        self.peer_auth = peer_auth
         self.stats = stats
         self.metrics = metrics
         self.request_timeout_s = request_timeout_s
@@ -96,6 +99,7 @@ class Router:
     # ------------------------------------------------------------------ entry point
     async def handle(self, method: str, payload: bytes, metadata, time_remaining: float | None) -> bytes:
         info = h.parse_metadata(metadata)
+        self.peer_auth.check(info, self.clock)
         model_id = self.resolve_model_id(method, payload, info)
         deadline = self.clock.monotonic() + (
             time_remaining if time_remaining is not None else self.request_timeout_s

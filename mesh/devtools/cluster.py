@@ -84,11 +84,18 @@ def _on_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def health_serving(address: str, timeout: float = 1.0, tls_ca: str | None = None) -> bool:
+def health_serving(
+    address: str, timeout: float = 1.0, tls_ca: str | None = None, tls_client: tuple[str, str] | None = None
+) -> bool:
     """True when the pod at ``address`` answers gRPC health (overall service "") with SERVING; over TLS
     (verified with the CA file ``tls_ca``) when the pods serve TLS."""
     if tls_ca:
-        creds = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes())
+        cert, key = tls_client or (None, None)
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=Path(tls_ca).read_bytes(),
+            private_key=Path(key).read_bytes() if key else None,
+            certificate_chain=Path(cert).read_bytes() if cert else None,
+        )
         channel = grpc.secure_channel(address, creds)
     else:
         channel = grpc.insecure_channel(address)
@@ -160,6 +167,7 @@ class LocalCluster:
         stop_timeout: float = 20.0,
         env: dict[str, str] | None = None,
         tls_ca: str | None = None,
+        tls_client: tuple[str, str] | None = None,
     ) -> None:
         if pods < 1:
             raise ValueError("pods must be >= 1")
@@ -179,9 +187,10 @@ class LocalCluster:
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self.extra_env = env or {}
-        self.tls_ca = (
-            tls_ca  # pods serve TLS (their --tls-* flags are in pod_args): health checks verify with it
-        )
+        # pods serve TLS (their --tls-* flags are in pod_args): health checks verify with the CA, and present
+        # ``tls_client`` (cert, key) when the pods require client certificates
+        self.tls_ca = tls_ca
+        self.tls_client = tls_client
         self._own_data_dir = data_dir is None
         self.data_dir = Path(data_dir).resolve() if data_dir else Path(tempfile.mkdtemp(prefix="mesh-local-"))
         self._etcd: Any = None
@@ -230,7 +239,7 @@ class LocalCluster:
                         f"log {pod.log_path}:\n{log_tail(pod.log_path)}"
                     )
                 pod.remember_descendants()
-                if health_serving(pod.address, timeout=0.5, tls_ca=self.tls_ca):
+                if health_serving(pod.address, timeout=0.5, tls_ca=self.tls_ca, tls_client=self.tls_client):
                     pending.remove(pod)
             if pending and time.monotonic() > deadline:
                 pod = pending[0]

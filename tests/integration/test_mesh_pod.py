@@ -73,6 +73,22 @@ def test_load_now_loads_at_registration(pod, samples):  # noqa: F811
     assert pod.runtime_ready(0, sample["id"])
 
 
+def test_async_loads_answer_loading_and_unknown_ensure_loaded_fails(pod, samples):  # noqa: F811
+    """ModelMesh's answers: an async loadNow registration and an async ensureLoaded report LOADING (the load
+    has started), and ensureLoaded of an unknown id fails with NOT_FOUND."""
+    c = pod.client()
+    first, second = samples["by_id"]["lightgbm-iris"], samples["by_id"]["onnx-iris"]
+    st = c.register(f"async-{first['id']}", first["type"], first["path"], load_now=True)
+    assert st["status"] == "LOADING", st
+    c.register(f"async-{second['id']}", second["type"], second["path"])
+    assert c.ensure_loaded(f"async-{second['id']}")["status"] == "LOADING"
+    for model_id in (f"async-{first['id']}", f"async-{second['id']}"):
+        wait_for(lambda m=model_id: c.status(m)["status"] == "LOADED", what=f"{model_id} loaded")
+    with pytest.raises(MeshClientError) as err:
+        c.ensure_loaded("never-registered")
+    assert err.value.code == "NOT_FOUND"
+
+
 def test_concurrent_first_requests_share_one_load(pod, samples):  # noqa: F811
     sample = samples["by_id"]["sklearn-iris-rf-small"]
     c = pod.client()
