@@ -21,7 +21,7 @@ from collections.abc import Collection, Sequence
 
 import grpc
 
-from mesh.channels import TlsFiles, aio_channel
+from mesh.channels import PEER_CHANNEL_OPTIONS, TlsFiles, aio_channel
 from mesh.dataplane import headers as h
 from mesh.errors import ModelLoadFailed, PeerUnavailable, Source, from_rpc_error
 from protos.mmesh import model_mesh_pb2 as pb
@@ -39,7 +39,9 @@ class PeerClient:
         auth_metadata: Metadata = (),
         tls: TlsFiles | None = None,
         max_message_bytes: int = 16 << 20,
+        connect_timeout_s: float = 2.0,
     ) -> None:
+        self.connect_timeout_s = connect_timeout_s
         self._auth = tuple(auth_metadata)  # the cluster's peer token (mesh.dataplane.peer_auth)
         self._tls = tls
         self._max = max_message_bytes
@@ -52,7 +54,9 @@ class PeerClient:
         if call is None:
             channel = self._channels.get(address)
             if channel is None:
-                channel = aio_channel(address, tls=self._tls, max_message_bytes=self._max)
+                channel = aio_channel(
+                    address, tls=self._tls, max_message_bytes=self._max, extra_options=PEER_CHANNEL_OPTIONS
+                )
                 self._channels[address] = channel
             if raw:
                 call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
@@ -69,12 +73,30 @@ class PeerClient:
         self, peer: str, address: str, method: str, payload: bytes, metadata: Metadata, timeout: float | None
     ) -> bytes:
         """Send ``payload`` to ``peer`` as ``method``; its answer's bytes, or the MeshError it failed with."""
+        call = self._call(address, method)
         try:
-            return await self._call(address, method)(
-                payload, metadata=(*metadata, *self._auth), timeout=timeout
-            )
+            await self._connected(peer, address, timeout)
+            return await call(payload, metadata=(*metadata, *self._auth), timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, Source.PEER, where=f"{peer} ({address})") from exc
+        except grpc.aio.UsageError as exc:  # the peer left the view and its channel was closed meanwhile
+            raise PeerUnavailable(f"peer {peer} ({address}) left the cluster") from exc
+
+    async def _connected(self, peer: str, address: str, timeout: float | None) -> None:
+        """Wait (at most ``connect_timeout_s``) for the channel to ``address`` to be connected: a peer that
+        cannot be reached is PeerUnavailable within that time, and the request fails over to another copy or a
+        new load with the rest of its deadline, instead of waiting for gRPC's own 20 s connect timeout."""
+        channel = self._channels[address]
+        if channel.get_state(try_to_connect=True) is grpc.ChannelConnectivity.READY:
+            return
+        limit = self.connect_timeout_s if timeout is None else min(self.connect_timeout_s, timeout)
+        try:
+            async with asyncio.timeout(limit):
+                await channel.channel_ready()
+        except TimeoutError:
+            raise PeerUnavailable(
+                f"peer {peer} ({address}) unreachable: not connected within {limit:.1f}s"
+            ) from None
 
     async def load(
         self, peer: str, address: str, model_id: str, *, last_used: int, copy: bool, timeout: float
@@ -84,9 +106,12 @@ class PeerClient:
         request = pb.EnsureLoadedRequest(modelId=model_id, lastUsedTime=last_used, sync=True)
         metadata = ((h.INTERNAL, h.INTERNAL_COPY if copy else h.INTERNAL_LOAD), *self._auth)
         try:
+            await self._connected(peer, address, timeout)
             status = await call(request, metadata=metadata, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, Source.PEER, where=f"{peer} ({address})") from exc
+        except grpc.aio.UsageError as exc:
+            raise PeerUnavailable(f"peer {peer} ({address}) left the cluster") from exc
         if status.status == pb.ModelStatusInfo.LOADING_FAILED:
             raise ModelLoadFailed(model_id, "; ".join(status.errors) or f"load failed on {peer}")
 
@@ -112,6 +137,3 @@ class PeerClient:
         for address in list(self._channels):
             self._drop(address)
         await asyncio.gather(*self._closing, return_exceptions=True)
-
-
-__all__ = ["PeerClient", "PeerUnavailable"]

@@ -36,7 +36,7 @@ from mesh import __version__
 from mesh.api.admin import MeshAdminServicer
 from mesh.api.model_mesh import ModelMeshServicer, add_to_server
 from mesh.boundary import ErrorBoundary
-from mesh.channels import TlsFiles, add_port, channel_options
+from mesh.channels import SERVER_OPTIONS, TlsFiles, add_port, channel_options
 from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.cluster.availability import Availability
 from mesh.cluster.drain import Drain
@@ -181,6 +181,7 @@ class Pod:
             auth_metadata=self.peer_auth.metadata,
             tls=self.tls if self.tls.enabled else None,
             max_message_bytes=s.max_message_bytes,
+            connect_timeout_s=s.peer_connect_timeout_s,
         )
         self.views.add_listener(lambda view: self.peers.retain({r.address for r in view.instances.values()}))
         self.availability = Availability(
@@ -242,6 +243,7 @@ class Pod:
             interval_s=max(5.0, s.lease_ttl_s),
             availability=self.availability,
             tasks=self.tasks,
+            is_leader=lambda: self.election.is_leader,
             replace_lost=s.replace_lost_models,
             clock=self.clock,
         )
@@ -261,6 +263,7 @@ class Pod:
             cache=self.cache,
             loader=self.loader,
             interval_s=s.janitor_interval_s,
+            alive=lambda: self.views.current.alive(),
             idle_unload_s=s.idle_unload_s,
             clock=self.clock,
         )
@@ -284,7 +287,8 @@ class Pod:
     async def _start_server(self) -> None:
         s = self.settings
         self.server = grpc.aio.server(
-            options=channel_options(s.max_message_bytes), interceptors=[ErrorBoundary(log)]
+            options=[*channel_options(s.max_message_bytes), *SERVER_OPTIONS],
+            interceptors=[ErrorBoundary(log)],
         )
         self.api = ModelMeshServicer(
             instance_id=self.instance_id,
@@ -396,8 +400,7 @@ class Pod:
             await self.publisher.publish(force=True)
 
     def _leader_changed(self, leader: str | None) -> None:
-        self.reaper.is_leader = self.election.is_leader
-        if self.reaper.is_leader:
+        if self.election.is_leader:
             log.info("this pod (%s) is now the leader", self.instance_id)
             self.reaper.kick.set()
             if getattr(self, "vmodels", None) is not None:

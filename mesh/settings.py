@@ -118,6 +118,11 @@ class MeshSettings:
         3, "MM_MAX_LOAD_FAILURES", "Recent failures after which a model is LOADING_FAILED."
     )
     max_hops: int = _opt(4, "MM_MAX_HOPS", "Max pod-to-pod forwards of one request.")
+    peer_connect_timeout_s: float = _opt(
+        2.0,
+        "MM_PEER_CONNECT_TIMEOUT_S",
+        "A peer not connected within this is skipped for the request (another copy or a new load).",
+    )
     stats_tick_s: float = _opt(10.0, "MM_STATS_TICK_S", "Request-rate roll-up period (rates cover 6 ticks).")
     scale_check_interval_s: float = _opt(
         10.0, "MM_SCALE_CHECK_INTERVAL_S", "Period of copy scale-up/down checks."

@@ -1,11 +1,14 @@
 """Janitor (every pod) and Reaper (leader only): keep the registry and the caches in agreement.
 
 Janitor, every ``interval_s``: a local copy whose record is gone is unloaded; a local copy missing from its
-record is re-added (e.g. after an etcd outage or a reaper race); a record claiming a copy here that the cache
-does not hold is corrected; copies idle longer than ``idle_unload_s`` (when set) are unloaded; the local
+record (this pod was taken for dead during a partition or an etcd outage) is re-added, unless live pods
+already hold enough loaded copies without it, in which case it is surplus and unloaded (``readd_copy``
+decides inside the CAS); a record claiming a copy here that the cache does not hold is corrected; copies idle longer than ``idle_unload_s`` (when set) are unloaded; the local
 last-used time is pushed to a record when it is much newer (batched, bounded per run).
 
-Reaper, on the leader: as soon as an instance record disappears (its lease ended), every ModelRecord that
+Reaper, on the leader (``is_leader`` is asked at every sweep, so a pod that wins the election while its
+session is still recovering starts leader work as soon as it is the leader in fact): as soon as an instance
+record disappears (its lease ended), every ModelRecord that
 lists it is corrected (seconds, not ModelMesh's 10–17 minutes), a model whose only loaded copies were on the
 dead pod is loaded elsewhere at once, models below their ``min_copies`` are topped up, and expired failure
 records are removed. The same sweep also runs periodically.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Collection
 
 from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.cluster.availability import Availability
@@ -41,10 +45,12 @@ class Janitor:
         cache: LocalCache,
         loader: Loader,
         interval_s: float,
+        alive: Callable[[], Collection[str]],
         idle_unload_s: float = 0.0,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.instance_id = instance_id
+        self.alive = alive
         self.registry = registry
         self.cache = cache
         self.loader = loader
@@ -71,8 +77,14 @@ class Janitor:
                 await self.loader.unload(entry.model_id, reason=f"idle > {self.idle_unload_s:.0f}s")
                 continue
             if me not in rec.loaded:
-                log.info("janitor: re-adding local copy of %s to its record", entry.model_id)
-                await self.registry.mark_loaded(entry.model_id, me, entry.last_used)
+                if await self.registry.readd_copy(
+                    entry.model_id, me, alive=self.alive(), last_used=entry.last_used
+                ):
+                    log.info("janitor: re-added local copy of %s to its record", entry.model_id)
+                else:
+                    await self.loader.unload(
+                        entry.model_id, reason="surplus: placed elsewhere while this pod was gone"
+                    )
             elif entry.last_used - rec.last_used > LAST_USED_PUSH_AGE_MS and touches < MAX_TOUCHES_PER_RUN:
                 touches += 1
                 await self.registry.touch(entry.model_id, entry.last_used)
@@ -92,6 +104,7 @@ class Reaper:
         interval_s: float,
         availability: Availability,
         tasks: TaskSupervisor,
+        is_leader: Callable[[], bool],
         replace_lost: bool = True,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
@@ -103,7 +116,7 @@ class Reaper:
         self.tasks = tasks
         self.replace_lost = replace_lost
         self.clock = clock
-        self.is_leader = False
+        self.is_leader = is_leader
         self.kick = asyncio.Event()
         self._reloads: set[asyncio.Task] = set()
         self._deferred = False  # work skipped at the parallel-reload bound: sweep again when a slot frees
@@ -117,7 +130,7 @@ class Reaper:
     def on_record_change(self, model_id: str, old: ModelRecord | None, new: ModelRecord | None) -> None:
         """A model that dropped below its ``min_copies`` (a copy released, a pod restarted and cleared its
         claims) is topped up at once, not at the next periodic sweep."""
-        if not self.is_leader or new is None or not new.min_copies:
+        if new is None or not new.min_copies or not self.is_leader():
             return
         alive = self.views.current.alive()
         if sum(1 for i in new.instances if i in alive) < new.min_copies:
@@ -183,5 +196,5 @@ class Reaper:
             self.kick.set()
 
     async def sweep_if_leader(self) -> None:
-        if self.is_leader:
+        if self.is_leader():
             await self.sweep()

@@ -145,6 +145,36 @@ class Registry:
 
         return await self._update(model_id, apply)
 
+    async def readd_copy(
+        self, model_id: str, instance_id: str, *, alive: Collection[str], last_used: int
+    ) -> bool:
+        """Put back a copy this pod holds but the record forgot (it was taken for dead during a partition or an
+        etcd outage), unless live pods already hold enough loaded copies without it: max(1, min_copies), the
+        copies the cluster placed while this pod was gone. False = the copy is surplus (unload it).
+
+        Decided inside the CAS, so two pods coming back with the same model never both re-add themselves."""
+        now = self._now()
+        surplus: list[bool] = []
+
+        def apply(cur: ModelRecord | None) -> ModelRecord | None:
+            surplus.clear()
+            if cur is None:
+                raise ModelNotFound(model_id)
+            if instance_id in cur.loaded:
+                return cur
+            others = [i for i in cur.loaded if i != instance_id and i in alive]
+            if instance_id not in cur.instances and len(others) >= max(1, cur.min_copies):
+                surplus.append(True)
+                return cur
+            return cur.replace(
+                instances={**cur.instances, instance_id: cur.instances.get(instance_id, now)},
+                loaded={**cur.loaded, instance_id: now},
+                last_used=max(cur.last_used, last_used),
+            )
+
+        await self._update(model_id, apply)
+        return not surplus
+
     async def record_failure(self, model_id: str, instance_id: str, message: str) -> ModelRecord | None:
         now = self._now()
 

@@ -46,6 +46,7 @@ class Election:
         self._task: asyncio.Task[None] | None = None
         self._cb_tasks: set[asyncio.Task[object]] = set()
         self._leader: str | None = None
+        self._reported: tuple[str | None, bool] = (None, False)
         self._leader_lease = 0
         self._leader_rev = 0
 
@@ -70,10 +71,18 @@ class Election:
         self._callbacks.append(callback)
 
     def _set(self, leader: str | None, lease: int = 0, revision: int = 0) -> None:
-        was = (self._leader, self.is_leader)
         self._leader, self._leader_lease, self._leader_rev = leader, lease, revision
-        if (self._leader, self.is_leader) == was:
+        self._report()
+
+    def _report(self) -> None:
+        """Tell ``on_change`` callbacks when (leader, is_leader) differs from what they last heard. Also run
+        when the session's health changes: winning while the session was still recovering is leadership
+        only once it is healthy, and the callbacks must hear it then (issue 12, bug 3)."""
+        now = (self._leader, self.is_leader)
+        if now == self._reported:
             return
+        self._reported = now
+        leader = self._leader
         log.info("%s: leader is now %s (%s)", self.name, leader, "us" if self.is_leader else "not us")
         for cb in list(self._callbacks):
             try:
@@ -98,6 +107,7 @@ class Election:
         if self._task is not None:
             return
         self._session.add_lease_listener(self._on_new_lease)
+        self._session.add_health_listener(lambda healthy: self._report())
         try:
             await self._campaign()
         except MeshError as exc:

@@ -40,6 +40,7 @@ class Session:
         self.ttl = ttl
         self.name = name
         self._listeners: list[LeaseListener] = [on_lease] if on_lease else []
+        self._health_listeners: list[Callable[[bool], None]] = []
         self._rng = rng or random.Random()
         self._task: asyncio.Task[None] | None = None
         self._notify_pending = False
@@ -49,6 +50,20 @@ class Session:
     def add_lease_listener(self, fn: LeaseListener) -> None:
         """``await fn(new_lease_id)`` after each re-grant (not for the first lease, which ``start`` returns)."""
         self._listeners.append(fn)
+
+    def add_health_listener(self, fn: Callable[[bool], None]) -> None:
+        """``fn(healthy)`` each time the session goes from healthy to unhealthy or back (on the loop)."""
+        self._health_listeners.append(fn)
+
+    def _set_healthy(self, healthy: bool) -> None:
+        if healthy == self.healthy:
+            return
+        self.healthy = healthy
+        for fn in list(self._health_listeners):
+            try:
+                fn(healthy)
+            except Exception:
+                log.exception("%s: health listener failed", self.name)
 
     def remove_lease_listener(self, fn: LeaseListener) -> None:
         if fn in self._listeners:
@@ -85,14 +100,15 @@ class Session:
             await asyncio.sleep(interval if self.healthy else self._rng.uniform(delay / 2, delay))
             try:
                 await self._tick()
-                self.healthy, delay = True, 0.1
+                delay = 0.1
+                self._set_healthy(True)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 if self.healthy:
                     level = logging.INFO if isinstance(exc, KvUnavailable) else logging.WARNING
                     log.log(level, "%s: lease keepalive failed: %s", self.name, exc)
-                self.healthy = False
+                self._set_healthy(False)
                 delay = min(interval, delay * 2)
 
     async def _tick(self) -> None:
