@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from puller.pull import Puller
+from puller.redact import install_log_redaction
 from puller.settings import PullerSettings
 from runtime_adapters.repository_adapter import RepositoryAdapter
 from runtime_adapters.server import ModelRuntimeServicer, start_server
@@ -75,6 +76,7 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    install_log_redaction()  # no credential in any line, a library's own included
 
 
 async def serve(

@@ -3,7 +3,9 @@
 Every handler the runtime serves (SPI and V2 inference) is built with ``unary_handler``, so no method can
 bypass ``mesh.errors.to_status``: handlers raise ``MeshError`` subclasses and never pick codes. Client
 errors are logged at DEBUG (per-request noise), server-side failures at WARNING, and exceptions that are
-not ``MeshError`` with their traceback, since they are bugs.
+not ``MeshError`` with their traceback, since they are bugs. Every status message and log line passes
+through ``puller.redact`` first: this is where runtime messages leave the process (and become the model
+statuses the mesh records), so no URL password, header or key value gets past it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import grpc
 
 from mesh.errors import MeshError, to_status
+from puller.redact import redact_text
 
 log = logging.getLogger("runtime_adapters.rpc")
 
@@ -48,8 +51,10 @@ def unary_handler(
             raise
         except Exception as exc:
             code, details = to_status(exc)
+            details = redact_text(details)
             if not isinstance(exc, MeshError):
-                log.exception("%s failed unexpectedly", name)
+                # a bug: the traceback helps; the processes' RedactingFilter scrubs it (install_log_redaction)
+                log.exception("%s failed unexpectedly: %s", name, details)
             elif code in _CLIENT_CODES:
                 log.debug("%s: %s %s", name, code.name, details)
             else:

@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 from puller.pull import Puller
+from puller.redact import install_log_redaction
 from puller.settings import PullerSettings
 from runtime_adapters.builtin.adapter import BuiltinAdapter
 from runtime_adapters.server import ModelRuntimeServicer, start_server
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    install_log_redaction()  # no credential in any line, a library's own included
     try:
         settings, puller_settings = build_settings(args)
     except (ValueError, TypeError) as exc:
