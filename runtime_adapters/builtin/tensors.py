@@ -55,6 +55,9 @@ CONTENTS_FIELD: dict[str, str] = {
 _ALL_FIELDS = sorted(set(CONTENTS_FIELD.values()))
 _DATATYPE_OF = {dt: name for name, dt in DTYPES.items()}
 MAX_RANK = 16
+# No request can carry this many elements (gRPC message sizes are MiBs); bounding the product of the
+# non-zero dimensions keeps numpy from refusing a shape such as [0, 2**62] with its own ValueError.
+MAX_ELEMENTS = 1 << 40
 
 
 def decode_inputs(request: pb.ModelInferRequest) -> tuple[dict[str, np.ndarray], bool]:
@@ -113,6 +116,10 @@ def _check_shape(name: str, datatype: str, shape) -> tuple[int, ...]:
         raise InvalidRequest(f"input '{name}': shape is empty")
     if len(dims) > MAX_RANK or any(d < 0 for d in dims):
         raise InvalidRequest(f"input '{name}': invalid shape {list(dims)}")
+    if math.prod(d for d in dims if d) > MAX_ELEMENTS:
+        raise InvalidRequest(
+            f"input '{name}': shape {list(dims)} is too large (over {MAX_ELEMENTS} elements)"
+        )
     return dims
 
 

@@ -85,3 +85,11 @@ def test_conform_keeps_safe_conversions() -> None:
     assert tensors.conform("in", np.array([np.inf], np.float64), "FP32").tolist() == [np.inf]
     strings = np.array([b"a"], dtype=object)
     assert tensors.conform("in", strings, "BYTES") is strings
+
+
+def test_huge_shapes_are_refused_even_with_no_values() -> None:
+    """Found by tests/fuzz: numpy refuses [0, 2**62] itself with a ValueError (which was INTERNAL)."""
+    req = pb.ModelInferRequest(model_name="m")
+    req.inputs.add(name="x", datatype="UINT16", shape=[0, 2**62])
+    with pytest.raises(InvalidRequest, match=r"input 'x': shape \[0, 4611686018427387904\] is too large"):
+        tensors.decode_inputs(req)
