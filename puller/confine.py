@@ -14,7 +14,7 @@ directory) is turned into a real path, for the puller and for the runtimes' file
   link inside it (files and directories alike), so a directory whose ``model.onnx`` or ``sub/`` links
   outside its root is refused as a whole, naming the link (relative to the artifact) but not its target.
   Links that stay inside the root are followed (Kubernetes volumes and PVC layouts use them); loops are
-  cut by (device, inode); fifos, sockets and devices are skipped, never opened.
+  cut by (device, inode); dangling or looping links, fifos, sockets and devices are skipped, never opened.
 
 A file swapped for a link *after* resolution (by someone who can write to the root) is outside this
 rule: model files are opened by libraries that take paths, so the guarantee is "the path opened was
@@ -167,8 +167,8 @@ def walk_beneath(
                     st = os.stat(real)  # real and confined: safe to follow
                 else:
                     st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue  # dangling link inside the root, or gone meanwhile
+            except (OSError, InvalidModelPath):
+                continue  # dangling or looping link inside the root, or gone meanwhile
             if stat.S_ISDIR(st.st_mode):
                 key = (st.st_dev, st.st_ino)
                 if key in seen or (max_depth is not None and depth >= max_depth):

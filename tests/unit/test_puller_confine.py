@@ -80,6 +80,9 @@ def test_walk_refuses_a_tree_with_any_link_outside(tree, monkeypatch):
     (tree["root"] / "m" / "sub").mkdir()
     (tree["root"] / "m" / "sub" / "inside").symlink_to(tree["root"] / "shared" / "weights.bin")
     (tree["root"] / "m" / "self").symlink_to(".")  # a loop inside the root: walked once
+    (tree["root"] / "m" / "dangling").symlink_to("nope")  # skipped
+    (tree["root"] / "m" / "selfloop").symlink_to("selfloop")  # skipped
+    os.mkfifo(tree["root"] / "m" / "fifo")  # skipped, never opened (opening would block)
     files = {str(f.rel): f.real for f in walk_beneath(root, tree["root"] / "m")}
     assert files == {
         "model.onnx": tree["root"] / "m" / "model.onnx",
