@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from mesh.errors import CLIENT_CODES, MeshError, error_trailer, to_status
+from mesh.redact import redact_text
 
 _MAX_CACHED = 1024
 
@@ -27,10 +28,14 @@ _MAX_CACHED = 1024
 async def abort_with(
     context: grpc.aio.ServicerContext, exc: BaseException, *, log: logging.Logger, what: str
 ):
-    """Abort the RPC with the status for ``exc`` (and its ``mm-error`` trailer). Raises, as abort does."""
+    """Abort the RPC with the status for ``exc`` (and its ``mm-error`` trailer). Raises, as abort does.
+
+    The message is redacted first (``mesh.redact``): this is where messages leave a pod or a runtime and
+    become model statuses and client errors, so no URL password, header or key value gets past it."""
     code, details = to_status(exc)
+    details = redact_text(details)
     if not isinstance(exc, MeshError):
-        log.error("%s failed unexpectedly", what, exc_info=exc)
+        log.error("%s failed unexpectedly: %s", what, details, exc_info=exc)
     elif code in CLIENT_CODES:
         log.debug("%s: %s %s", what, code.name, details)
     else:

@@ -66,6 +66,7 @@ from mesh.local.runtime import LocalRuntime
 from mesh.local.stats import RequestStats
 from mesh.metrics import MeshMetrics
 from mesh.peers import PeerClient
+from mesh.redact import install_log_redaction
 from mesh.settings import MeshSettings, add_arguments, load_settings
 from mesh.tasks import TaskSupervisor
 from protos.meshadmin import admin_pb2_grpc
@@ -469,6 +470,7 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    install_log_redaction()  # no credential in a log line, whoever wrote it
 
 
 async def serve(settings: MeshSettings) -> None:

@@ -41,14 +41,17 @@ class InvalidModelPath(PullError):
 
 
 class PathEscapesRoot(PullError):
-    """A local path, ``file://`` URI or object key would leave its confining root."""
+    """A local path, ``file://`` URI, object key or a symbolic link met on the way would leave its
+    confining root. ``via`` names the link (relative to the root), never where it points."""
 
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
 
-    def __init__(self, *, path: str, root: str) -> None:
-        super().__init__(f"path '{path}' escapes its allowed root {root}")
+    def __init__(self, *, path: str, root: str, via: str = "") -> None:
+        how = f": '{via}' is a symbolic link to a place outside it" if via else ""
+        super().__init__(f"path '{path}' escapes its allowed root {root}{how}")
         self.path = path
         self.root = root
+        self.via = via
 
 
 class UnknownStorageKey(PullError):
@@ -61,6 +64,22 @@ class UnknownStorageKey(PullError):
         msg = detail or f"storage key '{storage_key}' is not in the storage config"
         super().__init__(f"{msg} (configured keys: {names})")
         self.storage_key = storage_key
+
+
+class StorageParamNotAllowed(PullError):
+    """A registration's ``storage_params`` (or model key ``bucket``, or ``s3://`` URI bucket) would change
+    a storage entry field that the administrator's entry does not open to registrations."""
+
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, *, storage_key: str, param: str, allowed: list[str]) -> None:
+        names = ", ".join(sorted(allowed)) or "none"
+        super().__init__(
+            f"storage_params '{param}' may not be set for storage key '{storage_key}': the storage config "
+            f"entry does not allow it (allowed_params: {names})"
+        )
+        self.storage_key = storage_key
+        self.param = param
 
 
 class InvalidStorageConfig(PullError):
@@ -115,16 +134,23 @@ class AccessDenied(PullError):
 
 
 class StorageUnavailable(PullError):
-    """The storage could not be reached or kept failing transiently after the retries."""
+    """The storage could not be reached (``unreachable``) or kept failing transiently after the retries.
 
-    grpc_code = grpc.StatusCode.UNAVAILABLE
+    FAILED_PRECONDITION, not UNAVAILABLE: over the runtime SPI, UNAVAILABLE from ``loadModel`` means "the
+    runtime itself is down" to the mesh, which would blame a healthy runtime and peer. A storage outage is
+    a load failure whose fix lies outside this pod (the endpoint, the network); the mesh records it in
+    the model's status with this message. ``retryable`` stays True: a later load may succeed."""
+
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
     retryable = True
 
-    def __init__(self, *, where: str, cause: str, attempts: int = 1) -> None:
-        super().__init__(f"storage {where} unavailable after {attempts} attempt(s): {cause}")
+    def __init__(self, *, where: str, cause: str, attempts: int = 1, unreachable: bool = False) -> None:
+        state = "unreachable" if unreachable else "unavailable"
+        super().__init__(f"{where} {state} after {attempts} attempt(s): {cause}")
         self.where = where
         self.cause = cause
         self.attempts = attempts
+        self.unreachable = unreachable
 
 
 class ObjectTooLarge(PullError):

@@ -26,13 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from mesh.ids import check_id
-from puller import layout
+from mesh.redact import redact_text
+from puller import confine, layout
 from puller.budget import DiskBudget
+from puller.confine import Root
 from puller.errors import PullError
 from puller.providers.base import Aborted, FetchPlan, Limits, Provider, check_size, with_retries
 from puller.resolve import LocalSource, Source, parse_model_key, resolve
 from puller.settings import PullerSettings
-from puller.storage_config import StorageConfigStore, StorageEntry
+from puller.storage_config import StorageConfig, StorageConfigStore, StorageEntry
 
 log = logging.getLogger("puller.pull")
 
@@ -40,8 +42,17 @@ log = logging.getLogger("puller.pull")
 @dataclass(frozen=True)
 class LocalArtifact:
     model_id: str
-    path: Path  # local file or directory holding the model's files
+    path: Path  # local file or directory holding the model's files (a real path, links resolved)
     disk_size_bytes: int
+    root: Path | None = None
+    """The root every file of the artifact must resolve inside (the local root or mount it was found in,
+    or ``<model_dir>/<model_id>`` for a pulled one). Runtimes resolve the files they open through
+    ``puller.confine`` against it. None: the artifact path itself (its directory for a file)."""
+
+    def confining_root(self) -> Root:
+        if self.root is not None:
+            return Root.of(self.root)
+        return Root.of(self.path if self.path.is_dir() else self.path.parent)
 
 
 class Puller:
@@ -72,13 +83,23 @@ class Puller:
             raise PullError("the puller is closed")
         check_id(model_id)
         layout.check_model_dir_name(model_id)
+        config = self._store.current()
+        try:
+            return await self._pull(model_id, model_path, model_key, model_type, config)
+        except PullError as exc:
+            scrub(exc, config.secrets())
+            raise
+
+    async def _pull(
+        self, model_id: str, model_path: str, model_key: str, model_type: str, config: StorageConfig
+    ) -> LocalArtifact:
         key = parse_model_key(model_key)
-        source = resolve(
-            model_path, key, self._store.current(), local_roots=self._s.local_roots, model_type=model_type
-        )
+        source = resolve(model_path, key, config, local_roots=self._s.local_roots, model_type=model_type)
         if isinstance(source, LocalSource):
-            size = await self._run(layout.tree_size, source.path)
-            return LocalArtifact(model_id=model_id, path=source.path, disk_size_bytes=size)
+            root = source.root or Root.of(source.path)
+            # The whole tree is confined here (every link in it), before any runtime opens a file.
+            size = await self._run(confine.tree_size, root, source.path)
+            return LocalArtifact(model_id=model_id, path=source.path, disk_size_bytes=size, root=root.real)
         fp = source.fingerprint()
         while True:
             done = self._pulled.get(model_id)
@@ -145,7 +166,7 @@ class Puller:
                     await self._run(layout.commit, tmp, final)
                     self._budget.commit(res, size)
                 path = final / plan.objects[0].rel if plan.single else final
-                artifact = LocalArtifact(model_id=model_id, path=path, disk_size_bytes=size)
+                artifact = LocalArtifact(model_id=model_id, path=path, disk_size_bytes=size, root=final)
                 self._pulled[model_id] = (source.fingerprint(), artifact)
                 log.info(
                     "pulled model '%s' from %s: %d bytes in %d file(s)",
@@ -211,7 +232,7 @@ class Puller:
             del self._inflight[model_id]
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
-            log.warning("pull of model '%s' failed: %s", model_id, exc)
+            log.warning("pull of model '%s' failed: %s", model_id, redact_text(str(exc)))
 
     def _delete_model_dir(self, model_id: str) -> None:
         layout.remove_tree(layout.model_path(self._s.model_dir, model_id))
@@ -225,3 +246,12 @@ class Puller:
     async def _run(self, fn, *args: Any):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+
+def scrub(exc: PullError, secrets: tuple[str, ...]) -> None:
+    """Make sure a failure's message (which travels to clients and logs) holds no secret of the storage
+    config, whatever a library put in it. Messages are built from safe parts; this is the backstop."""
+    clean = redact_text(exc.message, secrets)
+    if clean != exc.message:
+        exc.message = clean
+        exc.args = (clean,)

@@ -2,7 +2,7 @@
 
 Owns the path rules (docs/storage.md "Model paths"), in this order:
 
-1. ``file:///abs`` → a local path; must resolve (symlinks included) inside one of ``local_roots``.
+1. ``file:///abs`` → a local path; must be written under one of ``local_roots`` and resolve inside it.
 2. ``s3://bucket/key`` → the storage key's entry if one is given (must be s3), else the one s3 entry whose
    bucket is ``bucket`` (lowest key name if several), else ``default_<model_type>``/``default`` if s3.
 3. ``http(s)://…`` → the given key's entry if http, else the http entry whose ``url`` is the longest
@@ -11,8 +11,13 @@ Owns the path rules (docs/storage.md "Model paths"), in this order:
 4. Any other path with a storage key, or without a key when ``default_<model_type>`` or ``default``
    exists: an object key/prefix in that storage (s3), a path under its url (http), or a path under its
    mount root (pvc/local).
-5. Otherwise a local path: relative → tried against each local root in order; absolute → must be inside
-   one. ``..`` components are refused, and the resolved path must stay inside its root.
+5. Otherwise a local path: relative → tried against each local root in order; absolute → must be written
+   under one. ``..`` components are refused.
+
+Local paths are resolved through ``puller.confine`` (links included, one component at a time, nothing
+outside the root touched) and the source carries its root, so the whole tree can be confined too.
+``storage_params`` pass the entry's allow-list (``StorageConfig.entry``) and an ``s3://`` URI's bucket
+is checked the same way. Every error message shows URLs through ``mesh.redact``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from mesh.redact import redact_text, redact_url
+from puller.confine import Root, resolve_beneath
 from puller.errors import (
     ArtifactNotFound,
     BucketNotFound,
@@ -32,7 +39,7 @@ from puller.errors import (
     PathEscapesRoot,
     UnknownStorageKey,
 )
-from puller.storage_config import HTTP, LOCAL, S3, StorageConfig, StorageEntry, safe_url
+from puller.storage_config import HTTP, LOCAL, S3, StorageConfig, StorageEntry, same_origin, url_under
 
 
 @dataclass(frozen=True)
@@ -49,8 +56,10 @@ def parse_model_key(text: str) -> ModelKey:
         return ModelKey()
     try:
         data = json.loads(text)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise InvalidModelKey(reason=f"not valid JSON ({exc.msg} at position {exc.pos})") from None
+    except (ValueError, RecursionError):
+        raise InvalidModelKey(reason="not valid JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise InvalidModelKey(reason="must be a JSON object")
     key = data.get("storage_key") or ""
@@ -73,6 +82,7 @@ def parse_model_key(text: str) -> ModelKey:
 @dataclass(frozen=True)
 class LocalSource:
     path: Path  # resolved and confined
+    root: Root | None = None  # the root it is confined to (None: the path itself)
 
     def fingerprint(self) -> str:
         return f"local:{self.path}"
@@ -100,7 +110,7 @@ class HttpSource:
         return f"http:{self.entry.storage_key}:{self.entry.client_fingerprint()}:{self.url}"
 
     def describe(self) -> str:
-        return safe_url(self.url)
+        return redact_url(self.url)
 
 
 Source = LocalSource | ObjectSource | HttpSource
@@ -116,47 +126,50 @@ def resolve(
 ) -> Source:
     """Apply the rules in the module docstring. Raises a PullError naming what is wrong."""
     if not model_path or "\0" in model_path:
-        raise InvalidModelPath(path=model_path[:80], reason="must be a non-empty path without NUL")
+        raise InvalidModelPath(path=_shown(model_path), reason="must be a non-empty path without NUL")
     mtype = key.model_type or model_type
     if model_path.startswith("file://"):
         p = urlsplit(model_path)
         if p.netloc not in ("", "localhost"):
-            raise InvalidModelPath(path=model_path, reason="file:// URIs must not name a host")
-        return LocalSource(_confine_local(unquote(p.path), local_roots))
+            raise InvalidModelPath(path=_shown(model_path), reason="file:// URIs must not name a host")
+        return _confine_local(unquote(p.path), local_roots)
     if model_path.startswith("s3://"):
         p = urlsplit(model_path)
         bucket, obj = p.netloc, p.path.lstrip("/")
         entry = _pick_entry(key, config, mtype, S3, model_path, lambda e: e.bucket == bucket)
         if entry.kind != S3:
-            raise InvalidModelPath(path=model_path, reason=f"storage key '{entry.storage_key}' is not s3")
+            raise InvalidModelPath(
+                path=_shown(model_path), reason=f"storage key '{entry.storage_key}' is not s3"
+            )
+        entry.check_bucket(bucket)
         return _object_source(entry, bucket, obj)
     if model_path.startswith(("http://", "https://")):
-        entry = _pick_entry(key, config, mtype, HTTP, model_path, lambda e: _url_under(model_path, e.url))
+        entry = _pick_entry(key, config, mtype, HTTP, model_path, lambda e: url_under(model_path, e.url))
         if entry.kind != HTTP:
             raise InvalidModelPath(
-                path=safe_url(model_path), reason=f"storage key '{entry.storage_key}' is not http"
+                path=_shown(model_path), reason=f"storage key '{entry.storage_key}' is not http"
             )
-        if not _same_origin(model_path, entry.url):
+        if not same_origin(model_path, entry.url):
             raise InvalidModelPath(
-                path=safe_url(model_path),
+                path=_shown(model_path),
                 reason=f"URL is not on the host of storage key '{entry.storage_key}'",
             )
         return HttpSource(entry, model_path)
     if "://" in model_path:
         raise InvalidModelPath(
-            path=model_path, reason="unsupported URI scheme (use s3://, http(s):// or file://)"
+            path=_shown(model_path), reason="unsupported URI scheme (use s3://, http(s):// or file://)"
         )
 
     entry = _keyed_entry(key, config, mtype)
     if entry is None:
-        return LocalSource(_confine_local(model_path, local_roots))
+        return _confine_local(model_path, local_roots)
     if entry.kind == S3:
         return _object_source(entry, entry.bucket, model_path.lstrip("/"))
     if entry.kind == HTTP:
         rel = _safe_relative(model_path)
         return HttpSource(entry, entry.url.rstrip("/") + "/" + rel)
     assert entry.kind == LOCAL and entry.root is not None
-    return LocalSource(_confine_local(model_path, (entry.root,), relative_only=True))
+    return _confine_local(model_path, (entry.root,), relative_only=True)
 
 
 def _keyed_entry(key: ModelKey, config: StorageConfig, mtype: str) -> StorageEntry | None:
@@ -185,7 +198,7 @@ def _pick_entry(
     raise UnknownStorageKey(
         storage_key="",
         known=config.keys(),
-        detail=f"no {kind} storage config entry matches '{safe_url(uri)}' and there is no {kind} 'default' entry",
+        detail=f"no {kind} storage config entry matches '{_shown(uri)}' and there is no {kind} 'default' entry",
     )
 
 
@@ -195,52 +208,46 @@ def _object_source(entry: StorageEntry, bucket: str, obj: str) -> ObjectSource:
     return ObjectSource(entry, bucket, obj)
 
 
-def _url_under(url: str, base: str) -> bool:
-    return _same_origin(url, base) and urlsplit(url).path.startswith(urlsplit(base).path.rstrip("/"))
-
-
-def _same_origin(a: str, b: str) -> bool:
-    def origin(url: str) -> tuple:
-        p = urlsplit(url)
-        return (p.scheme, p.hostname, p.port or (443 if p.scheme == "https" else 80))
-
-    return origin(a) == origin(b)
-
-
 def _safe_relative(path: str) -> str:
     parts = [p for p in PurePosixPath(path).parts if p not in ("/", ".")]
     if any(p == ".." for p in parts):
-        raise PathEscapesRoot(path=path, root="the storage root")
+        raise PathEscapesRoot(path=_shown(path), root="the storage root")
     return "/".join(parts)
 
 
-def _confine_local(path: str, roots: tuple[Path, ...], *, relative_only: bool = False) -> Path:
-    """Resolve ``path`` inside one of ``roots`` (symlinks followed). Refuses ``..`` and escapes."""
+def _confine_local(path: str, roots: tuple[Path, ...], *, relative_only: bool = False) -> LocalSource:
+    """Resolve ``path`` inside one of ``roots`` (puller.confine: links resolved, never followed outside).
+    Refuses ``..``, absolute paths not written under a root, and anything resolving outside its root."""
+    shown = _shown(path)
     if not roots:
-        raise InvalidModelPath(path=path, reason="local paths are not enabled (no local roots configured)")
+        raise InvalidModelPath(path=shown, reason="local paths are not enabled (no local roots configured)")
     if ".." in PurePosixPath(path).parts:
-        raise PathEscapesRoot(path=path, root=" or ".join(str(r) for r in roots))
-    candidate = Path(path)
+        raise PathEscapesRoot(path=shown, root=" or ".join(str(r) for r in roots))
+    candidate = PurePosixPath(path)
+    if candidate.is_absolute() and relative_only:
+        candidate = PurePosixPath(*candidate.parts[1:]) if len(candidate.parts) > 1 else PurePosixPath(".")
     if candidate.is_absolute():
-        if relative_only:
-            candidate = Path(*candidate.parts[1:]) if len(candidate.parts) > 1 else Path(".")
-        else:
-            real = Path(os.path.realpath(candidate))
-            for root in roots:
-                if _inside(real, root):
-                    if not real.exists():
-                        raise ArtifactNotFound(where=f"local root {root}", path=path)
-                    return real
-            raise PathEscapesRoot(path=path, root=" or ".join(str(r) for r in roots))
+        for root in roots:
+            confined = Root.of(root)
+            if _written_under(candidate, confined):
+                real = resolve_beneath(confined, str(candidate), shown=shown)
+                if not os.path.lexists(real):
+                    raise ArtifactNotFound(where=f"local root {root}", path=shown)
+                return LocalSource(real, confined)
+        raise PathEscapesRoot(path=shown, root=" or ".join(str(r) for r in roots))
     for root in roots:
-        real = Path(os.path.realpath(root / candidate))
-        if not _inside(real, root):
-            raise PathEscapesRoot(path=path, root=str(root))
-        if real.exists():
-            return real
-    raise ArtifactNotFound(where="local roots " + ", ".join(str(r) for r in roots), path=path)
+        confined = Root.of(root)
+        real = resolve_beneath(confined, str(candidate), shown=shown)
+        if os.path.lexists(real):
+            return LocalSource(real, confined)
+    raise ArtifactNotFound(where="local roots " + ", ".join(str(r) for r in roots), path=shown)
 
 
-def _inside(real: Path, root: Path) -> bool:
-    root_real = Path(os.path.realpath(root))
-    return real == root_real or root_real in real.parents
+def _written_under(path: PurePosixPath, root: Root) -> bool:
+    return any(path.parts[: len(base.parts)] == base.parts for base in (root.real, root.configured))
+
+
+def _shown(path: str, limit: int = 200) -> str:
+    """A model path as it may appear in a message: credentials redacted, length bounded."""
+    text = redact_url(path) if "://" in path else redact_text(path)
+    return text if len(text) <= limit else text[:limit] + "..."

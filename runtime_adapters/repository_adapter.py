@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mesh.errors import ModelLoadFailed, RuntimeUnavailable
+from puller.confine import Root
 from runtime_adapters.base import AdapterState, AdapterStatus, RuntimeAdapter
 from runtime_adapters.errors import ModelNotLoaded, UnsupportedModelType
 from runtime_adapters.sizing import Measurement, SizeModel
@@ -107,8 +108,11 @@ class RepositoryAdapter(RuntimeAdapter):
     # -- subclass hooks ---------------------------------------------------------------------------------
 
     @abstractmethod
-    def write_layout(self, model_id: str, model_type: str, artifact_path: Path, folder: Path) -> None:
-        """Blocking: create ``folder`` (``<repo>/<model_id>``) for the server; raise LayoutProblem."""
+    def write_layout(
+        self, model_id: str, model_type: str, artifact_path: Path, folder: Path, root: Root | None = None
+    ) -> None:
+        """Blocking: create ``folder`` (``<repo>/<model_id>``) for the server; raise LayoutProblem. Every
+        artifact path read or linked is resolved inside ``root`` first (``puller.confine``)."""
 
     # -- server state (called by the supervisor or the health poller) ---------------------------------------
 
@@ -186,9 +190,7 @@ class RepositoryAdapter(RuntimeAdapter):
         started = time.monotonic()
         folder = self.repo_dir / model_id
         try:
-            await loop.run_in_executor(
-                self._io, self._layout, model_id, model_type, Path(artifact.path), folder
-            )
+            await loop.run_in_executor(self._io, self._layout, model_id, model_type, artifact, folder)
         except LayoutProblem as exc:
             raise ModelLoadFailed(model_id, str(exc)) from exc
         rss_delta, device_delta = await self._load_measured(model_id, model_type)
@@ -206,11 +208,11 @@ class RepositoryAdapter(RuntimeAdapter):
         )  # fmt: skip
         return size.size_bytes + device
 
-    def _layout(self, model_id: str, model_type: str, artifact_path: Path, folder: Path) -> None:
+    def _layout(self, model_id: str, model_type: str, artifact: LocalArtifact, folder: Path) -> None:
         if folder.exists():
             shutil.rmtree(folder)
         try:
-            self.write_layout(model_id, model_type, artifact_path, folder)
+            self.write_layout(model_id, model_type, Path(artifact.path), folder, artifact.confining_root())
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from mesh.redact import install_log_redaction
 from puller.pull import Puller
 from puller.settings import PullerSettings
 from runtime_adapters.repository_adapter import RepositoryAdapter
@@ -75,6 +76,7 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    install_log_redaction()  # no credential in any line, a library's own included
 
 
 async def serve(

@@ -9,8 +9,11 @@ idempotent (an unknown model is success). predictModelSize never downloads: it s
 every loaded model first, because the mesh calls it only when it (re)starts and a fresh mesh must find an
 empty runtime (modelmesh.md §1.2).
 
-Error mapping happens in the server's ``mesh.boundary.ErrorBoundary``; this module raises ``mesh.errors`` classes and lets the
-puller's own ``MeshError`` subclasses (whose messages name the cause) pass through unchanged.
+Every request is bounded first (``limits``: id, type, path and key lengths → INVALID_ARGUMENT naming the
+field). Error mapping happens in the server's ``mesh.boundary.ErrorBoundary`` (which also redacts every
+message, ``mesh.redact``); this module raises ``mesh.errors`` classes and lets the puller's own ``MeshError``
+subclasses (whose messages name the cause) pass through unchanged. No storage failure is UNAVAILABLE: over
+the SPI that code means "this runtime is down" (``puller.errors.StorageUnavailable`` is FAILED_PRECONDITION).
 """
 
 from __future__ import annotations
@@ -31,8 +34,11 @@ from mesh.boundary import ErrorBoundary
 from mesh.errors import MeshError, ModelLoadFailed
 from mesh.ids import check_id
 from protos.mmesh import model_runtime_pb2 as pb
+from puller.confine import Root, resolve_beneath
+from puller.errors import PullError
 from runtime_adapters.base import RuntimeAdapter
 from runtime_adapters.errors import LoadTimedOut, UnsupportedModelType
+from runtime_adapters.limits import check_field_sizes
 from runtime_adapters.rpc import unary_handler
 from runtime_adapters.settings import RuntimeSettings
 from runtime_adapters.sizing import disk_size
@@ -53,7 +59,7 @@ def type_from_model_key(model_key: str) -> str:
         return ""
     try:
         key = json.loads(model_key)
-    except ValueError:
+    except (ValueError, RecursionError):
         return ""
     mtype = key.get("model_type") if isinstance(key, dict) else None
     if isinstance(mtype, dict):
@@ -139,6 +145,7 @@ class ModelRuntimeServicer:
 
     async def load_model(self, request: pb.LoadModelRequest, context: Any) -> pb.LoadModelResponse:
         model_id = check_id(request.modelId)
+        check_field_sizes(request)
         model_type = self._model_type(request)  # INVALID_ARGUMENT before anything is pulled
         timeout_ms = self.settings.load_timeout_ms
         async with self._locks.hold(model_id):
@@ -197,17 +204,18 @@ class ModelRuntimeServicer:
     async def predict_model_size(
         self, request: pb.PredictModelSizeRequest, context: Any
     ) -> pb.PredictModelSizeResponse:
+        check_field_sizes(request)
         try:
             model_type = self._model_type(request)
         except UnsupportedModelType:
             return pb.PredictModelSizeResponse(sizeInBytes=0)
         disk: int | None = None
-        path = self._local_path(request.modelPath, request.modelKey)
-        if path is not None:
+        found = self._local_path(request.modelPath, request.modelKey)
+        if found is not None:
             loop = asyncio.get_running_loop()
             try:
                 disk = await asyncio.wait_for(
-                    loop.run_in_executor(self._sizing_pool, disk_size, path), PREDICT_SIZE_BUDGET_S
+                    loop.run_in_executor(self._sizing_pool, disk_size, *found), PREDICT_SIZE_BUDGET_S
                 )
             except TimeoutError:
                 disk = None
@@ -217,25 +225,23 @@ class ModelRuntimeServicer:
             return pb.PredictModelSizeResponse(sizeInBytes=0)
         return pb.PredictModelSizeResponse(sizeInBytes=self.adapter.predict_size(model_type, disk))
 
-    def _local_path(self, model_path: str, model_key: str) -> Path | None:
-        """The local file a model path names, when it is local and inside a local root; else None."""
+    def _local_path(self, model_path: str, model_key: str) -> tuple[Path, Root] | None:
+        """The local file a model path names and its root, when it is local and inside a local root (links
+        resolved with ``puller.confine``, never followed outside); else None. Never raises."""
         if not model_path or not self.local_roots or '"storage_key"' in model_key:
             return None
         if model_path.startswith("file://"):
-            candidates = [Path(model_path[len("file://") :])]
-        elif model_path.startswith("/"):
-            candidates = [Path(model_path)]
+            model_path = model_path[len("file://") :]
         elif "://" in model_path:
             return None
-        else:
-            candidates = [root / model_path for root in self.local_roots]
-        for candidate in candidates:
+        for root_path in self.local_roots:
+            root = Root.of(root_path)
             try:
-                resolved = candidate.resolve()
-            except (OSError, RuntimeError):
+                real = resolve_beneath(root, model_path)
+                if real.exists():
+                    return real, root
+            except (PullError, OSError, ValueError):
                 continue
-            if any(resolved.is_relative_to(root) for root in self.local_roots) and resolved.exists():
-                return resolved
         return None
 
     async def model_size(self, request: pb.ModelSizeRequest, context: Any) -> pb.ModelSizeResponse:

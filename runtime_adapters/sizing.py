@@ -39,6 +39,9 @@ from typing import TypeVar
 
 import psutil
 
+from puller.confine import Root, resolve_beneath, walk_beneath
+from puller.errors import PullError
+
 T = TypeVar("T")
 
 DEFAULT_MULTIPLIERS: dict[str, float] = {"sklearn": 2.0, "xgboost": 2.5, "lightgbm": 2.5, "onnx": 2.0}
@@ -130,26 +133,26 @@ class RssMeter:
             self._lock.release()
 
 
-def disk_size(path: Path, *, max_entries: int = 10_000, budget_s: float = 0.2) -> int | None:
-    """Bytes of a file or directory tree (symlinks followed, as ModelMesh's disk_size_bytes does).
-    None when the path does not exist or the walk exceeds ``max_entries``/``budget_s`` (it must stay fast)."""
+def disk_size(
+    path: Path, root: Root | None = None, *, max_entries: int = 10_000, budget_s: float = 0.2
+) -> int | None:
+    """Bytes of the regular files of a file or directory tree, links resolved inside ``root`` (default: the
+    path itself) by ``puller.confine``. None when the path does not exist, a link leaves the root, or the
+    walk exceeds ``max_entries``/``budget_s`` (it must stay fast)."""
     try:
-        if path.is_file():
-            return path.stat().st_size
-        if not path.is_dir():
+        if root is None:
+            root = Root.of(path if path.is_dir() else path.parent)
+        real = resolve_beneath(root, Path(os.path.abspath(path)))
+        if real.is_file():
+            return real.stat().st_size
+        if not real.is_dir():
             return None
-    except OSError:
-        return None
-    deadline = time.monotonic() + budget_s
-    total = 0
-    seen = 0
-    for root, _dirs, files in os.walk(path, followlinks=True):
-        for name in files:
-            seen += 1
+        deadline = time.monotonic() + budget_s
+        total = 0
+        for seen, f in enumerate(walk_beneath(root, real, max_entries=max_entries), start=1):
             if seen > max_entries or time.monotonic() > deadline:
                 return None
-            try:
-                total += os.stat(os.path.join(root, name)).st_size
-            except OSError:
-                continue
-    return total
+            total += f.size
+        return total
+    except (PullError, OSError, ValueError):
+        return None

@@ -7,7 +7,9 @@ are kept in ``extra`` and written back unchanged, so an older pod never drops a 
 rolling upgrade. ``revision`` is the etcd mod_revision the record was read at (0 = not from the store); it
 is what compare-and-swap compares, and it is never serialised.
 
-Times are epoch milliseconds; sizes are bytes.
+Times are epoch milliseconds; sizes are bytes. ``from_json`` raises only ``RecordDecodeError``: for bytes
+that are not a JSON object (nesting too deep included) and for known fields of the wrong JSON type, so a
+corrupt value never becomes a record whose fields later fail far from the cause.
 """
 
 from __future__ import annotations
@@ -17,7 +19,32 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
+from mesh.errors import MeshError
+
 R = TypeVar("R", bound="_Record")
+
+
+class RecordDecodeError(MeshError, ValueError):
+    """A stored value is not a valid record (not a JSON object, or a known field of the wrong type)."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _any(v: Any) -> bool:  # a field whose annotation has no check below
+    return True
+
+
+# Checks of known fields by annotation (annotations are strings here: ``from __future__ import annotations``).
+_TYPE_CHECKS: dict[str, Any] = {
+    "str": lambda v: isinstance(v, str),
+    "int": _is_int,
+    "bool": lambda v: isinstance(v, bool),
+    "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "dict[str, int]": lambda v: isinstance(v, dict) and all(_is_int(x) for x in v.values()),
+    "dict[str, str]": lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+}
 
 
 class _Record:
@@ -39,18 +66,24 @@ class _Record:
 
     @classmethod
     def from_json(cls: type[R], raw: bytes | str, revision: int = 0) -> R:
-        data = json.loads(raw) if raw else {}
+        try:
+            data = json.loads(raw) if raw else {}
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, huge ints, deep nesting
+            raise RecordDecodeError(f"{cls.__name__}: not valid JSON ({type(exc).__name__})") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{cls.__name__}: expected a JSON object")
+            raise RecordDecodeError(f"{cls.__name__}: expected a JSON object")
         by_json = {j: p for p, j in cls._FIELDS.items()}
+        types = {f.name: f.type for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         kwargs: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for key, value in data.items():
             name = by_json.get(key)
             if name is None:
                 extra[key] = value
-            else:
+            elif _TYPE_CHECKS.get(types[name], _any)(value):
                 kwargs[name] = value
+            else:
+                raise RecordDecodeError(f"{cls.__name__}: field {key!r} has the wrong type")
         return cls(**kwargs, extra=extra, revision=revision)  # type: ignore[call-arg]
 
     def replace(self: R, **changes: Any) -> R:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, TypeVar
 
+from mesh.redact import redact_text
 from puller.errors import (
     ObjectTooLarge,
     PathEscapesRoot,
@@ -38,11 +39,13 @@ T = TypeVar("T")
 
 
 class Transient(Exception):
-    """A failure worth retrying; ``cause`` is a secret-free description."""
+    """A failure worth retrying; ``cause`` is a secret-free description. ``unreachable``: no answer at all
+    (connection refused or timed out, DNS, TLS handshake cut), as opposed to an answer saying "busy"."""
 
-    def __init__(self, cause: str) -> None:
+    def __init__(self, cause: str, *, unreachable: bool = False) -> None:
         super().__init__(cause)
         self.cause = cause
+        self.unreachable = unreachable
 
 
 @dataclass(frozen=True)
@@ -182,11 +185,14 @@ def with_retries(
         except (Transient, TruncatedDownload, VerificationFailed) as exc:
             if attempt == attempts:
                 if isinstance(exc, Transient):
-                    raise StorageUnavailable(where=where, cause=exc.cause, attempts=attempt) from exc
+                    raise StorageUnavailable(
+                        where=where, cause=exc.cause, attempts=attempt, unreachable=exc.unreachable
+                    ) from exc
                 raise
             delay = rng.uniform(0, min(backoff_max_s, backoff_s * 2 ** (attempt - 1)))
             log.warning(
-                "%s: attempt %d/%d failed (%s); retrying in %.2fs", where, attempt, attempts, exc, delay
-            )
+                "%s: attempt %d/%d failed (%s); retrying in %.2fs",
+                where, attempt, attempts, redact_text(str(exc)), delay,
+            )  # fmt: skip
             sleep(delay)
     raise AssertionError("unreachable")

@@ -19,6 +19,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 import requests
 import urllib3
 
+from mesh.redact import redact_url
 from puller.errors import AccessDenied, ArtifactNotFound, PullError, TruncatedDownload
 from puller.providers.base import (
     FetchPlan,
@@ -31,7 +32,7 @@ from puller.providers.base import (
 )
 from puller.resolve import HttpSource
 from puller.settings import PullerSettings
-from puller.storage_config import StorageEntry, safe_url
+from puller.storage_config import StorageEntry, same_origin
 
 MAX_REDIRECTS = 10
 
@@ -61,7 +62,7 @@ class HttpProvider:
 
     def fetch(self, source: HttpSource, obj: ObjectPlan, dest: Path, limits: Limits) -> None:
         entry = source.entry
-        shown = safe_url(source.url)
+        shown = redact_url(source.url)
         resp = self._get(entry, source.url, shown)
         try:
             length_text = resp.headers.get("Content-Length")
@@ -85,7 +86,7 @@ class HttpProvider:
                     raise TruncatedDownload(path=shown, expected=length, received=counter[0]) from None
                 raise Transient(f"connection broken while reading {shown}") from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-                raise Transient(f"{type(exc).__name__} while reading {shown}") from None
+                raise Transient(f"connection broken while reading ({type(exc).__name__})") from None
         finally:
             resp.close()
 
@@ -94,10 +95,9 @@ class HttpProvider:
         headers = {"Accept-Encoding": "identity", **dict(entry.headers)}
         timeout = (self._s.connect_timeout_s, self._s.read_timeout_s)
         for _ in range(MAX_REDIRECTS + 1):
-            same_origin = _origin(url) == _origin(entry.url)
             try:
                 resp = session.get(
-                    url, headers=headers if same_origin else {"Accept-Encoding": "identity"},
+                    url, headers=headers if same_origin(url, entry.url) else {"Accept-Encoding": "identity"},
                     stream=True, allow_redirects=False, timeout=timeout,
                 )  # fmt: skip
             except requests.exceptions.SSLError:
@@ -105,7 +105,10 @@ class HttpProvider:
                     f"TLS verification failed for {entry.where()} (check 'certificate')"
                 ) from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-                raise Transient(f"{type(exc).__name__} talking to {entry.where()}") from None
+                no_answer = isinstance(exc, requests.exceptions.ConnectTimeout) or not isinstance(
+                    exc, requests.exceptions.ReadTimeout
+                )
+                raise Transient(f"cannot connect ({type(exc).__name__})", unreachable=no_answer) from None
             except requests.exceptions.RequestException as exc:
                 raise PullError(f"request to {shown} failed: {type(exc).__name__}") from None
             if resp.is_redirect and "Location" in resp.headers:
@@ -123,7 +126,7 @@ class HttpProvider:
             if status in (404, 410):
                 raise ArtifactNotFound(where=entry.where(), path=shown)
             if status in (408, 429) or status >= 500:
-                raise Transient(f"HTTP {status} from {entry.where()}")
+                raise Transient(f"HTTP {status}")
             raise PullError(f"{entry.where()} answered HTTP {status} for {shown}")
         raise PullError(f"{shown}: more than {MAX_REDIRECTS} redirects")
 
@@ -132,8 +135,3 @@ class HttpProvider:
             for s in self._sessions.values():
                 s.close()
             self._sessions.clear()
-
-
-def _origin(url: str) -> tuple:
-    p = urlsplit(url)
-    return (p.scheme, p.hostname, p.port or (443 if p.scheme == "https" else 80))

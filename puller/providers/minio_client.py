@@ -42,14 +42,19 @@ def classify(exc: Exception, *, entry: StorageEntry, bucket: str, key: str) -> E
         if code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
             return ArtifactNotFound(where=entry.where(), path=f"s3://{bucket}/{key}")
         if code in TRANSIENT_CODES:
-            return Transient(f"{code} from {entry.where()}")
+            return Transient(code)
         return PullError(f"{entry.where()} refused s3://{bucket}/{key}: {code}")
     if isinstance(exc, ServerError):
-        return Transient(f"HTTP {exc.status_code} from {entry.where()}")
+        return Transient(f"HTTP {exc.status_code}")
     if isinstance(exc, InvalidResponseError):
-        return Transient(f"invalid response from {entry.where()}")
+        return Transient("invalid response")
     if isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError):
-        return Transient(f"{type(exc).__name__} talking to {entry.where()}")
+        no_answer = isinstance(
+            exc,
+            urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError
+            | urllib3.exceptions.MaxRetryError | urllib3.exceptions.SSLError | ConnectionRefusedError,
+        )  # fmt: skip
+        return Transient(f"cannot connect ({type(exc).__name__})", unreachable=no_answer)
     return exc
 
 
@@ -151,7 +156,7 @@ class MinioProvider:
                     path=f"s3://{bucket}/{obj.remote}", expected=length, received=counter[0]
                 ) from None
             except urllib3.exceptions.HTTPError as exc:
-                raise Transient(f"{type(exc).__name__} while reading from {entry.where()}") from exc
+                raise Transient(f"connection broken while reading ({type(exc).__name__})") from exc
         finally:
             resp.close()
             resp.release_conn()

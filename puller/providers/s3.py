@@ -96,10 +96,10 @@ def classify(exc: Exception, *, entry: StorageEntry, bucket: str, key: str) -> E
         if code in ("NoSuchKey", "404"):
             return ArtifactNotFound(where=entry.where(), path=f"s3://{bucket}/{key}")
         if code in TRANSIENT_CODES or status >= 500 or status == 429:
-            return Transient(f"{code or status} from {entry.where()}")
+            return Transient(f"{code or status}")
         return PullError(f"{entry.where()} refused s3://{bucket}/{key}: {code or status}")
     if isinstance(exc, _NETWORK_ERRORS):
-        return Transient(f"{type(exc).__name__} talking to {entry.where()}")
+        return Transient(f"cannot connect ({type(exc).__name__})", unreachable=_no_answer(exc))
     if isinstance(exc, bce.NoCredentialsError):
         return AccessDenied(where=entry.where(), code="no credentials configured")
     return exc
@@ -206,7 +206,7 @@ class Boto3Provider:
             except Exception as exc:
                 mapped = classify(exc, entry=entry, bucket=bucket, key=obj.remote)
                 if mapped is exc and _is_network(exc):
-                    mapped = Transient(f"{type(exc).__name__} while reading from {entry.where()}")
+                    mapped = Transient(f"connection broken while reading ({type(exc).__name__})")
                 if mapped is exc:
                     raise
                 raise mapped from exc
@@ -224,6 +224,13 @@ def _verifiable_md5(resp: dict) -> str | None:
     if resp.get("SSECustomerAlgorithm") or resp.get("ServerSideEncryption") in ("aws:kms", "aws:kms:dsse"):
         return None
     return md5_from_etag(resp.get("ETag"))
+
+
+def _no_answer(exc: Exception) -> bool:
+    """True when the endpoint never answered (as opposed to a connection cut mid-response)."""
+    return isinstance(
+        exc, bce.EndpointConnectionError | bce.ConnectTimeoutError | bce.ProxyConnectionError | bce.SSLError
+    )
 
 
 def _is_network(exc: Exception) -> bool:

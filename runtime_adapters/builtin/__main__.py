@@ -16,6 +16,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from mesh.redact import install_log_redaction
 from puller.pull import Puller
 from puller.settings import PullerSettings
 from runtime_adapters.builtin.adapter import BuiltinAdapter
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    install_log_redaction()  # no credential in any line, a library's own included
     try:
         settings, puller_settings = build_settings(args)
     except (ValueError, TypeError) as exc:

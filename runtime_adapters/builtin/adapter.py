@@ -88,7 +88,7 @@ class BuiltinAdapter(RuntimeAdapter):
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         file, served, delta = await loop.run_in_executor(
-            self._load_pool, self._load_blocking, model_id, model_type, Path(artifact.path)
+            self._load_pool, self._load_blocking, model_id, model_type, artifact
         )
         size = self.sizes.measured(model_type, artifact.disk_size_bytes, delta)
         entry = LoadedModel(
@@ -102,9 +102,10 @@ class BuiltinAdapter(RuntimeAdapter):
         )  # fmt: skip
         return size.size_bytes
 
-    def _load_blocking(self, model_id: str, model_type: str, path: Path):
+    def _load_blocking(self, model_id: str, model_type: str, artifact: LocalArtifact):
         try:
-            file = formats.find_model_file(path, model_type)
+            # Resolved inside the artifact's root; the library opens exactly this real path.
+            file = formats.find_model_file(Path(artifact.path), model_type, artifact.confining_root())
         except formats.ArtifactProblem as exc:
             raise ModelLoadFailed(model_id, str(exc)) from exc
         models.import_library(model_type)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from mesh.errors import InvalidRequest, MeshError
+from runtime_adapters.builtin import tensors
 
 log = logging.getLogger("runtime_adapters.builtin.models")
 
@@ -286,9 +287,9 @@ class OnnxModel(ServedModel):
         feed = {}
         for pos, arg in enumerate(self._in):
             x = inputs[arg.name] if by_name else list(inputs.values())[pos]
-            target = _ORT_TYPES.get(arg.type, ("", None))[1]
-            if target is not None and x.dtype != target:
-                x = x.astype(target)
+            datatype = _ORT_TYPES.get(arg.type, ("", None))[0]
+            if datatype:
+                x = tensors.conform(arg.name, x, datatype)
             rank = len(arg.shape or ())
             if rank == 2 and x.ndim == 1:
                 x = x.reshape(1, -1)

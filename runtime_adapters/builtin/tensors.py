@@ -4,8 +4,13 @@ Inputs come either as typed ``contents`` (BOOL -> bool_contents, INT8/16/32 -> i
 int64_contents, UINT8/16/32 -> uint_contents, UINT64 -> uint64_contents, FP32 -> fp32_contents, FP64 ->
 fp64_contents, BYTES -> bytes_contents) or as ``raw_input_contents`` (one little-endian buffer per input, in
 input order; BYTES elements are 4-byte little-endian length prefixed). Every inconsistency between
-datatype, shape and data raises ``InvalidRequest`` naming the input and what is wrong. Outputs are written
-the way the request came: raw buffers when it used raw inputs, typed contents otherwise.
+datatype, shape and data raises ``InvalidRequest`` naming the input and what is wrong, including values
+out of range for the declared datatype (an INT8 input sent 300 in ``int_contents``, a UINT16 one sent
+70000 in ``uint_contents``, a raw BOOL byte other than 0/1): nothing is silently wrapped.
+``conform`` converts a decoded tensor to the datatype a model declares for that input, refusing any
+conversion that would change values (out of range, float to integer, BYTES to numbers, overflow to
+infinity). Outputs are written the way the request came: raw buffers when it used raw inputs, typed
+contents otherwise.
 """
 
 from __future__ import annotations
@@ -50,6 +55,9 @@ CONTENTS_FIELD: dict[str, str] = {
 _ALL_FIELDS = sorted(set(CONTENTS_FIELD.values()))
 _DATATYPE_OF = {dt: name for name, dt in DTYPES.items()}
 MAX_RANK = 16
+# No request can carry this many elements (gRPC message sizes are MiBs); bounding the product of the
+# non-zero dimensions keeps numpy from refusing a shape such as [0, 2**62] with its own ValueError.
+MAX_ELEMENTS = 1 << 40
 
 
 def decode_inputs(request: pb.ModelInferRequest) -> tuple[dict[str, np.ndarray], bool]:
@@ -108,6 +116,10 @@ def _check_shape(name: str, datatype: str, shape) -> tuple[int, ...]:
         raise InvalidRequest(f"input '{name}': shape is empty")
     if len(dims) > MAX_RANK or any(d < 0 for d in dims):
         raise InvalidRequest(f"input '{name}': invalid shape {list(dims)}")
+    if math.prod(d for d in dims if d) > MAX_ELEMENTS:
+        raise InvalidRequest(
+            f"input '{name}': shape {list(dims)} is too large (over {MAX_ELEMENTS} elements)"
+        )
     return dims
 
 
@@ -134,11 +146,12 @@ def _from_typed(name: str, datatype: str, shape: tuple[int, ...], contents) -> n
         arr[:] = list(values)
         return arr.reshape(shape)
     dtype = DTYPES[datatype]
-    try:
-        arr = np.array(values, dtype=dtype)
-    except OverflowError as exc:
-        raise InvalidRequest(f"input '{name}': a value does not fit {datatype}") from exc
-    return arr.reshape(shape)
+    if dtype.kind in "iu" and dtype.itemsize < 4:
+        # int_contents/uint_contents are 32-bit: numpy would wrap a narrowing cast, so check the range.
+        wide = np.asarray(values, dtype=np.int64)
+        _check_range(name, datatype, wide, dtype)
+        return wide.astype(dtype).reshape(shape)
+    return np.asarray(values, dtype=dtype).reshape(shape)
 
 
 def _from_raw(name: str, datatype: str, shape: tuple[int, ...], buf: bytes) -> np.ndarray:
@@ -151,8 +164,65 @@ def _from_raw(name: str, datatype: str, shape: tuple[int, ...], buf: bytes) -> n
             f"input '{name}': shape {list(shape)} of {datatype} needs {count * dtype.itemsize} bytes "
             f"but its raw_input_contents has {len(buf)}"
         )
+    if datatype == "BOOL":
+        raw_bytes = np.frombuffer(buf, dtype=np.uint8)
+        if raw_bytes.size and int(raw_bytes.max()) > 1:
+            raise InvalidRequest(
+                f"input '{name}': BOOL values in raw_input_contents must be bytes 0 or 1, "
+                f"got {int(raw_bytes.max())}"
+            )
     arr = np.frombuffer(buf, dtype=dtype).reshape(shape)
     return arr.astype(dtype.newbyteorder("="), copy=False)
+
+
+def conform(name: str, arr: np.ndarray, datatype: str) -> np.ndarray:
+    """``arr`` as the model's declared ``datatype`` for input ``name``, or InvalidRequest when that would
+    change a value: BYTES to or from numbers, floats or integers to BOOL, floats to integers, integers out
+    of the target's range, finite floats that overflow the target float type."""
+    if datatype == "BYTES":
+        if arr.dtype.kind not in "OSU":
+            raise InvalidRequest(f"input '{name}' is {_datatype_name(arr)} but the model expects BYTES")
+        return arr
+    target = DTYPES.get(datatype)
+    if target is None:
+        return arr
+    if arr.dtype == target:
+        return arr
+    got = _datatype_name(arr)
+    if arr.dtype.kind in "OSU":
+        raise InvalidRequest(f"input '{name}' is BYTES but the model expects {datatype}")
+    if target.kind == "b" or (arr.dtype.kind == "f" and target.kind in "iu"):
+        raise InvalidRequest(f"input '{name}' is {got} but the model expects {datatype}")
+    if target.kind in "iu":
+        _check_range(name, datatype, arr, target)
+        return arr.astype(target)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = arr.astype(target)
+    overflow = np.isinf(out) & ~np.isinf(arr) if arr.dtype.kind == "f" else np.isinf(out)
+    if overflow.any():
+        bad = arr[overflow].ravel()[0]
+        raise InvalidRequest(
+            f"input '{name}': value {bad} is out of range for {datatype} (the model's datatype)"
+        )
+    return out
+
+
+def _check_range(name: str, datatype: str, values: np.ndarray, target: np.dtype) -> None:
+    if values.size == 0 or values.dtype.kind == "b":
+        return
+    info = np.iinfo(target)
+    lo, hi = values.min(), values.max()
+    if int(lo) < info.min or int(hi) > info.max:
+        bad = int(lo) if int(lo) < info.min else int(hi)
+        raise InvalidRequest(
+            f"input '{name}': value {bad} is out of range for {datatype} ({info.min}..{info.max})"
+        )
+
+
+def _datatype_name(arr: np.ndarray) -> str:
+    if arr.dtype.kind in "OSU":
+        return "BYTES"
+    return _DATATYPE_OF.get(arr.dtype.newbyteorder("<"), str(arr.dtype))
 
 
 def _bytes_from_raw(name: str, shape: tuple[int, ...], count: int, buf: bytes) -> np.ndarray:

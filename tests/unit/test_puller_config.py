@@ -16,6 +16,7 @@ from puller.errors import (
     InvalidModelPath,
     InvalidStorageConfig,
     PathEscapesRoot,
+    StorageParamNotAllowed,
     UnknownStorageKey,
 )
 from puller.resolve import HttpSource, LocalSource, ObjectSource, parse_model_key, resolve
@@ -64,8 +65,12 @@ def test_bad_entries_fail_alone():
         cfg.entry("missing")
 
 
-def test_storage_params_override():
-    e = config({"s3": S3_ENTRY}).entry("s3", {"bucket": "other", "endpoint_url": "https://s3.example"})
+def test_storage_params_override_only_what_the_entry_allows():
+    cfg = config({"s3": S3_ENTRY, "open": {**S3_ENTRY, "allowed_params": ["bucket", "endpoint_url"]}})
+    assert cfg.entry("s3", {"bucket": "other"}).bucket == "other"  # s3 entries allow bucket by default
+    with pytest.raises(StorageParamNotAllowed, match=r"'endpoint_url' may not be set for storage key 's3'"):
+        cfg.entry("s3", {"bucket": "other", "endpoint_url": "https://s3.example"})
+    e = cfg.entry("open", {"bucket": "other", "endpoint_url": "https://s3.example"})
     assert (e.bucket, e.endpoint_url) == ("other", "https://s3.example")
 
 
@@ -100,7 +105,8 @@ def test_resolution_rules(tmp_path: Path):
     src = resolve("a/b.bin", parse_model_key('{"storage_key":"web"}'), cfg, local_roots=roots)
     assert isinstance(src, HttpSource) and src.url == "https://h.example/base/a/b.bin"
     # No key and no default: local.
-    assert resolve("m", parse_model_key(""), cfg, local_roots=roots) == LocalSource(root / "m")
+    src = resolve("m", parse_model_key(""), cfg, local_roots=roots)
+    assert isinstance(src, LocalSource) and src.path == root / "m"
     # default_<type> beats default, and a default makes plain paths storage-backed.
     both = config({"default": S3_ENTRY, "default_onnx": {**S3_ENTRY, "bucket": "onnx-models"}})
     assert (
