@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
 from mesh.errors import MeshError
@@ -47,21 +49,52 @@ _TYPE_CHECKS: dict[str, Any] = {
 }
 
 
+class _Schema:
+    """Per record class, computed once: JSON name → (field, check), and each field's default."""
+
+    __slots__ = ("by_json", "defaults", "fields")
+
+    def __init__(self, cls: type) -> None:
+        fields = [f for f in dataclasses.fields(cls) if f.name not in ("extra", "revision")]
+        names: dict[str, str] = cls._FIELDS  # type: ignore[attr-defined]
+        self.fields = [(f.name, names[f.name]) for f in fields]
+        self.by_json = {names[f.name]: (f.name, _TYPE_CHECKS.get(f.type, _any)) for f in fields}
+        self.defaults = {
+            f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            for f in fields
+        }
+
+
+#: The shared value of every empty map field: records never mutate their maps (they are replaced, and the
+#: records are frozen), so 100,000 records need not carry 500,000 empty dicts (modelmesh.md: users run ~100k
+#: models). Immutable, so a mutation by mistake raises instead of corrupting every record.
+EMPTY_MAP: Any = MappingProxyType({})
+
+#: Model types repeat across thousands of records: one string object each.
+_INTERNED_FIELDS = frozenset({"type"})
+
+
 class _Record:
     """JSON (de)serialisation shared by all records, driven by ``_FIELDS`` (python name → json name)."""
 
     _FIELDS: ClassVar[dict[str, str]]
 
+    @classmethod
+    def _get_schema(cls) -> _Schema:
+        schema = cls.__dict__.get("_schema_cache")
+        if schema is None:
+            schema = _Schema(cls)
+            type.__setattr__(cls, "_schema_cache", schema)
+        return schema
+
     def to_json(self) -> bytes:
         out: dict[str, Any] = dict(self.extra)  # type: ignore[attr-defined]
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            if f.name in ("extra", "revision"):
+        schema = self._get_schema()
+        for name, json_name in schema.fields:
+            value = getattr(self, name)
+            if value == schema.defaults[name]:
                 continue
-            value = getattr(self, f.name)
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            if value == default:
-                continue
-            out[self._FIELDS[f.name]] = value
+            out[json_name] = dict(value) if isinstance(value, MappingProxyType) else value
         return json.dumps(out, separators=(",", ":"), sort_keys=True).encode()
 
     @classmethod
@@ -72,19 +105,25 @@ class _Record:
             raise RecordDecodeError(f"{cls.__name__}: not valid JSON ({type(exc).__name__})") from None
         if not isinstance(data, dict):
             raise RecordDecodeError(f"{cls.__name__}: expected a JSON object")
-        by_json = {j: p for p, j in cls._FIELDS.items()}
-        types = {f.name: f.type for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        by_json = cls._get_schema().by_json
         kwargs: dict[str, Any] = {}
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] | None = None
         for key, value in data.items():
-            name = by_json.get(key)
-            if name is None:
+            known = by_json.get(key)
+            if known is None:
+                if extra is None:
+                    extra = {}
                 extra[key] = value
-            elif _TYPE_CHECKS.get(types[name], _any)(value):
-                kwargs[name] = value
-            else:
+                continue
+            name, check = known
+            if not check(value):
                 raise RecordDecodeError(f"{cls.__name__}: field {key!r} has the wrong type")
-        return cls(**kwargs, extra=extra, revision=revision)  # type: ignore[call-arg]
+            if name in _INTERNED_FIELDS:
+                value = sys.intern(value)
+            elif type(value) is dict and not value:
+                value = EMPTY_MAP
+            kwargs[name] = value
+        return cls(**kwargs, extra=extra or EMPTY_MAP, revision=revision)  # type: ignore[call-arg]
 
     def replace(self: R, **changes: Any) -> R:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
@@ -104,10 +143,10 @@ class ModelRecord(_Record):
     type: str = ""
     path: str = ""
     key: str = ""
-    instances: dict[str, int] = field(default_factory=dict)
-    loaded: dict[str, int] = field(default_factory=dict)
-    failures: dict[str, int] = field(default_factory=dict)
-    failure_messages: dict[str, str] = field(default_factory=dict)
+    instances: dict[str, int] = field(default_factory=lambda: EMPTY_MAP)
+    loaded: dict[str, int] = field(default_factory=lambda: EMPTY_MAP)
+    failures: dict[str, int] = field(default_factory=lambda: EMPTY_MAP)
+    failure_messages: dict[str, str] = field(default_factory=lambda: EMPTY_MAP)
     refs: int = 0
     auto_delete: bool = False
     last_used: int = 0
@@ -116,7 +155,7 @@ class ModelRecord(_Record):
     max_copies: int = 0
     registered_at: int = 0
     size: int = 0
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    extra: dict[str, Any] = field(default_factory=lambda: EMPTY_MAP, compare=False)
     revision: int = field(default=0, compare=False)
 
     _FIELDS: ClassVar[dict[str, str]] = {
@@ -160,7 +199,7 @@ class InstanceRecord(_Record):
     version: str = ""
     start_time: int = 0
     shutting_down: bool = False
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    extra: dict[str, Any] = field(default_factory=lambda: EMPTY_MAP, compare=False)
     revision: int = field(default=0, compare=False)
 
     _FIELDS: ClassVar[dict[str, str]] = {
@@ -193,7 +232,7 @@ class VModelRecord(_Record):
     active: str = ""
     target: str = ""
     failed: bool = False
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    extra: dict[str, Any] = field(default_factory=lambda: EMPTY_MAP, compare=False)
     revision: int = field(default=0, compare=False)
 
     _FIELDS: ClassVar[dict[str, str]] = {
