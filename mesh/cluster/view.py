@@ -40,6 +40,9 @@ class ClusterView:
     def vmodel(self, vmodel_id: str) -> VModelRecord | None:
         return self._vmodels.get(vmodel_id) if self._vmodels is not None else None
 
+    def vmodels(self) -> dict[str, VModelRecord]:
+        return self._vmodels.items() if self._vmodels is not None else {}
+
     def instances(self) -> dict[str, InstanceRecord]:
         return self._instances.items()
 
