@@ -43,8 +43,9 @@ from mesh.cluster.vmodels import VModels
 from mesh.dataplane.forwarder import PeerLinks
 from mesh.dataplane.router import Router, RuntimeHolder
 from mesh.dataplane.runtime_link import RuntimeLink
-from mesh.dataplane.server import NOT_SERVING, SERVING, InferenceHandler, add_health
+from mesh.dataplane.server import NOT_SERVING, InferenceHandler, add_health
 from mesh.errors import MeshError
+from mesh.health import PodHealth, PodState, channel_up
 from mesh.ids import check_id, default_instance_id
 from mesh.kv.client import EtcdTls, KvClient
 from mesh.kv.election import Election
@@ -224,7 +225,8 @@ class Pod:
         self._spawn(self.vmodels.run(lambda: self.election.is_leader), "mesh:vmodels")
         self.metrics.serve(s.metrics_port, addr="127.0.0.1" if s.host.startswith("127.") else "0.0.0.0")
         self.ready = True
-        await self.health.set("", SERVING)
+        self._runtime_reachable = True
+        self._spawn(self.pod_health.run(self._health_state), "mesh:health")
         log.info(
             "pod %s serving on %s (runtime %s, capacity %d bytes)",
             self.instance_id,
@@ -267,7 +269,8 @@ class Pod:
         )
         admin_pb2_grpc.add_MeshAdminServicer_to_server(admin, self.server)
         self.health = add_health(self.server)
-        await self.health.set("", NOT_SERVING)
+        self.pod_health = PodHealth(self.health, kv_grace_s=s.ready_etcd_grace_s)
+        await self.pod_health.listening()
         self.server.add_generic_rpc_handlers(
             (
                 InferenceHandler(
@@ -283,6 +286,17 @@ class Pod:
     # ------------------------------------------------------------------ helpers
     def kv_healthy(self) -> bool:
         return self.session.healthy and self.registry_table.healthy
+
+    def _health_state(self) -> PodState:
+        """Readiness inputs for mesh.health (probes): the runtime counts as down while this pod knows it
+        exited, or while its channel cannot connect (a runtime container Kubernetes restarts)."""
+        self._runtime_reachable = channel_up(self.runtime_client.channel, self._runtime_reachable)
+        return PodState(
+            started=self.ready,
+            shutting_down=self.shutting_down,
+            runtime_up=self.loader.runtime_ready and self._runtime_reachable,
+            kv_healthy=self.kv_healthy(),
+        )
 
     def _make_link(self, info: RuntimeInfo) -> RuntimeLink:
         return RuntimeLink(
