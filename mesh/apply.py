@@ -22,7 +22,8 @@ The file (YAML)::
         target: iris               # required: a model in this file or already registered
         owner: team-a              # optional; default: the file's owner
 
-What it manages, and so what ``--prune`` may remove: registrations whose owner is the file's owner.
+What it manages, and so what ``--prune`` may remove: registrations whose owner is the file's owner (a vModel
+given an ``owner`` of its own in the file is created and updated, but never pruned).
 ModelMesh has no labels, so the owner travels with the registration: vModels have an owner field of their
 own, and models get one through the ``mm-owner`` registration header (a mesh extension, like
 ``mm-min-copies``). A model or vModel registered by hand has no owner (or another one) and is never changed
@@ -308,8 +309,10 @@ class ClusterState:
     @classmethod
     def from_status(cls, status: dict[str, Any]) -> ClusterState:
         """From ``MeshClient.cluster_status()``."""
-        if "vmodels" not in status:
-            raise MeshError("the mesh does not list vmodels in ClusterStatus (a pod older than mesh apply?)")
+        if any(not m.get("spec_digest") for m in status["models"]):
+            # A pod from before mesh apply answers without digests, owners or vmodels: planning on that would
+            # take every model for a hand-registered one.
+            raise MeshError("the pod answering does not report model digests and owners; upgrade it first")
         models = {
             m["model_id"]: CurrentModel(
                 m["model_id"], m["type"], m["owner"], m["min_copies"], m["max_copies"], m["spec_digest"]
@@ -572,7 +575,11 @@ def run(args: argparse.Namespace, client) -> int:
     except OSError as exc:
         print(f"error: cannot read {args.filename}: {exc}", file=sys.stderr)
         return 2
-    current = ClusterState.from_status(client.cluster_status(include_models=True))
+    try:
+        current = ClusterState.from_status(client.cluster_status(include_models=True))
+    except MeshError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
     p = plan(desired, current, prune=args.prune)
     result = execute(p, client, dry_run=args.dry_run)
     for line in result.lines:

@@ -264,3 +264,34 @@ def test_plan_does_not_prune_a_model_still_referenced() -> None:
     assert ("model/old", "pruned", REMOVED) not in summary(p)
     assert any(c.startswith("model/old: not pruned: still referenced by vmodel(s) v") for c in p.conflicts)
     assert any(c.startswith("model/new: not pruned: still referenced by vmodel(s) hand") for c in p.conflicts)
+
+
+def test_cluster_state_from_status_and_refusal_of_a_pod_without_digests() -> None:
+    from mesh.errors import MeshError
+
+    status = {
+        "models": [
+            {
+                "model_id": "a",
+                "type": "t",
+                "owner": "me",
+                "min_copies": 1,
+                "max_copies": 0,
+                "spec_digest": "d",
+            }
+        ],
+        "vmodels": [
+            {
+                "vmodel_id": "v",
+                "owner": "me",
+                "active_model_id": "a",
+                "target_model_id": "a",
+                "status": "DEFINED",
+            }
+        ],
+    }
+    st = ClusterState.from_status(status)
+    assert st.models["a"] == CurrentModel("a", "t", "me", 1, 0, "d") and st.referrers("a") == ["v"]
+    status["models"][0]["spec_digest"] = ""  # what a pod older than mesh apply answers
+    with pytest.raises(MeshError, match="upgrade it first"):
+        ClusterState.from_status(status)
