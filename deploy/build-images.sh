@@ -21,7 +21,7 @@ ENGINE=""
 LOCAL_BASE=0
 TARGETS=()
 PYTHON_IMAGE="${PYTHON_IMAGE:-python:3.11-slim-bookworm}"
-LOCAL_BASE_IMAGE=localhost/debian-python:3.11-bookworm
+LOCAL_BASE_IMAGE=${LOCAL_BASE_IMAGE:-localhost/debian-python:3.11-bookworm}
 STORAGE_DRIVER="${STORAGE_DRIVER:-vfs}"
 
 while [[ $# -gt 0 ]]; do
@@ -74,15 +74,21 @@ if ! have_image "$PYTHON_IMAGE" && ! pull_image "$PYTHON_IMAGE"; then
     if ! have_image "$LOCAL_BASE_IMAGE"; then
         command -v debootstrap >/dev/null || { echo "error: --local-base needs debootstrap" >&2; exit 4; }
         rootfs=$(mktemp -d)
-        trap 'rm -rf "$rootfs"' EXIT
+        trap 'rm -rf "$rootfs" "$rootfs.tar"' EXIT
         echo "building $LOCAL_BASE_IMAGE with debootstrap (Debian bookworm, python3.11, venv)"
         debootstrap --variant=minbase --include=python3.11,python3.11-venv,python3-venv,ca-certificates \
             bookworm "$rootfs" http://deb.debian.org/debian >/dev/null
         rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
         case "$ENGINE" in
             docker) tar -C "$rootfs" -c . | docker import - "$LOCAL_BASE_IMAGE" >/dev/null ;;
-            buildah) tar -C "$rootfs" -c . | podman --storage-driver "$STORAGE_DRIVER" import - "$LOCAL_BASE_IMAGE" >/dev/null ;;
-            *) tar -C "$rootfs" -c . | "$ENGINE" --storage-driver "$STORAGE_DRIVER" import - "$LOCAL_BASE_IMAGE" >/dev/null ;;
+            podman) tar -C "$rootfs" -c . | podman --storage-driver "$STORAGE_DRIVER" import - "$LOCAL_BASE_IMAGE" >/dev/null ;;
+            buildah)
+                ctr=$(buildah --storage-driver "$STORAGE_DRIVER" from scratch)
+                tar -C "$rootfs" -cf "$rootfs.tar" .
+                buildah --storage-driver "$STORAGE_DRIVER" add "$ctr" "$rootfs.tar" / >/dev/null
+                buildah --storage-driver "$STORAGE_DRIVER" commit -q "$ctr" "$LOCAL_BASE_IMAGE" >/dev/null
+                buildah --storage-driver "$STORAGE_DRIVER" rm "$ctr" >/dev/null
+                rm -f "$rootfs.tar" ;;
         esac
     fi
     PYTHON_IMAGE="$LOCAL_BASE_IMAGE"
