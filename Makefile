@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # MLServer (and its protobuf<7 pin) lives in its own venv; the MLServer adapter tests use it.
 MLSERVER_STAMP := .venv-mlserver/.installed
 
-.PHONY: demo test test-slow lint fmt protos clean
+.PHONY: demo test test-slow test-container lint fmt protos clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: $(STAMP) $(MLSERVER_STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# Builds the deploy/Dockerfile images with buildah/podman and runs them (minutes; needs a container engine).
+test-container: $(STAMP)
+	$(BIN)/python -m pytest -q -m container
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

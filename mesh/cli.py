@@ -173,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd("unregister", "unregister a model (unloads every copy)").add_argument("model_id")
 
+    from mesh import apply
+
+    apply.add_arguments(cmd("apply", "reconcile models and vmodels with a file (mesh/apply.py)"))
+
     sp = cmd("status", "cluster status, or one model's status")
     sp.add_argument("model_id", nargs="?")
     sp.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -247,6 +251,10 @@ def _run_client_command(args: argparse.Namespace) -> int:
         args.address, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key, timeout=args.timeout
     ) as c:
         match args.command:
+            case "apply":
+                from mesh import apply
+
+                return apply.run(args, c)
             case "register":
                 _print_json(
                     c.register(

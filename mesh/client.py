@@ -264,8 +264,22 @@ def cluster_status_dict(resp: admin_pb2.ClusterStatusResponse) -> dict[str, Any]
                 "failed_on": list(m.failed_on),
                 "last_used_ms": m.last_used_ms,
                 "errors": list(m.errors),
+                "owner": m.owner,
+                "min_copies": m.min_copies,
+                "max_copies": m.max_copies,
+                "spec_digest": m.spec_digest,
             }
             for m in resp.models
+        ],
+        "vmodels": [
+            {
+                "vmodel_id": v.vmodel_id,
+                "owner": v.owner,
+                "active_model_id": v.active_model_id,
+                "target_model_id": v.target_model_id,
+                "status": v.status,
+            }
+            for v in resp.vmodels
         ],
     }
 
@@ -341,9 +355,11 @@ class MeshClient:
         *,
         min_copies: int = 0,
         max_copies: int = 0,
+        owner: str = "",
     ) -> dict[str, Any]:
         """Register a model. ``min_copies``/``max_copies`` (0 = default) bound how many copies the mesh
-        keeps; they travel as the ``mm-min-copies``/``mm-max-copies`` headers (a mesh extension)."""
+        keeps; they travel as the ``mm-min-copies``/``mm-max-copies`` headers (a mesh extension), as does
+        ``owner`` (``mm-owner``: who manages the registration; ``mesh apply`` sets it)."""
         req = mm.RegisterModelRequest(
             modelId=model_id,
             modelInfo=mm.ModelInfo(type=model_type, path=path, key=key),
@@ -355,6 +371,8 @@ class MeshClient:
             md.append(("mm-min-copies", str(min_copies)))
         if max_copies:
             md.append(("mm-max-copies", str(max_copies)))
+        if owner:
+            md.append(("mm-owner", owner))
         with self._call():
             return model_status_dict(self._mm.registerModel(req, metadata=md, timeout=self.timeout))
 

@@ -51,8 +51,9 @@ from mesh.cluster.view import ViewHolder
 from mesh.cluster.vmodels import VModels
 from mesh.dataplane.peer_auth import PeerAuth
 from mesh.dataplane.router import Router
-from mesh.dataplane.server import NOT_SERVING, SERVING, InferenceHandler, add_health
+from mesh.dataplane.server import InferenceHandler, add_health
 from mesh.errors import MeshError
+from mesh.health import PodHealth, PodState, channel_up
 from mesh.ids import check_id, default_instance_id
 from mesh.kv.client import EtcdTls, KvClient
 from mesh.kv.election import Election
@@ -125,7 +126,8 @@ class Pod:
         await self._start_server()
         self.metrics.serve(s.metrics_port, addr="127.0.0.1" if s.host.startswith("127.") else "0.0.0.0")
         self.ready = True
-        await self.health.set("", SERVING)
+        self._runtime_reachable = True
+        self.tasks.supervise("mesh:health", lambda: self.pod_health.run(self._health_state))
         log.info(
             "pod %s serving on %s (runtime %s, capacity %d bytes)",
             self.instance_id,
@@ -327,7 +329,8 @@ class Pod:
         )
         admin_pb2_grpc.add_MeshAdminServicer_to_server(admin, self.server)
         self.health = add_health(self.server)
-        await self.health.set("", NOT_SERVING)
+        self.pod_health = PodHealth(self.health, kv_grace_s=s.ready_etcd_grace_s)
+        await self.pod_health.listening()
         self.server.add_generic_rpc_handlers(
             (
                 InferenceHandler(
@@ -354,6 +357,17 @@ class Pod:
     # ------------------------------------------------------------------ wiring callbacks
     def kv_healthy(self) -> bool:
         return self.session.healthy and self.registry_table.healthy
+
+    def _health_state(self) -> PodState:
+        """Readiness inputs for mesh.health (probes): the runtime counts as down while this pod knows it
+        exited, or while its channel cannot connect (a runtime container Kubernetes restarts)."""
+        self._runtime_reachable = channel_up(self.runtime.client.channel, self._runtime_reachable)
+        return PodState(
+            started=self.ready,
+            shutting_down=self.shutting_down,
+            runtime_up=self.loader.runtime_ready and self._runtime_reachable,
+            kv_healthy=self.kv_healthy(),
+        )
 
     def _instance_record(self) -> InstanceRecord:
         s = self.settings
@@ -433,7 +447,7 @@ class Pod:
         deadline = self.clock.monotonic() + max(2.0, s.shutdown_timeout_s - 5)
         self.shutting_down = True
         with contextlib.suppress(Exception):
-            await self.health.set("", NOT_SERVING)
+            await self.pod_health.update(self._health_state())  # NOT_SERVING at once
         self.loader.accepting = False
         with contextlib.suppress(Exception):
             await self.publisher.publish(force=True)

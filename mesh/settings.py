@@ -147,6 +147,11 @@ class MeshSettings:
     publish_interval_s: float = _opt(5.0, "MM_PUBLISH_INTERVAL_S", "Instance-record check period (batched).")
     request_timeout_s: float = _opt(60.0, "MM_REQUEST_TIMEOUT_S", "Default deadline of a routed request.")
     shutdown_timeout_s: float = _opt(30.0, "SHUTDOWN_TIMEOUT_S", "Graceful shutdown budget (SIGTERM).")
+    ready_etcd_grace_s: float = _opt(
+        30.0,
+        "MM_READY_ETCD_GRACE_S",
+        "Readiness (grpc.health.v1 service '') turns NOT_SERVING once etcd has been lost this long.",
+    )
     log_level: str = _opt("INFO", "MM_LOG_LEVEL", "Logging level.")
 
     @property

@@ -7,7 +7,9 @@ from collections.abc import Callable
 from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.cluster.status import model_status
 from mesh.cluster.view import ViewHolder
+from mesh.cluster.vmodel_plans import vmodel_status
 from mesh.local.cache import LocalCache
+from mesh.spec_digest import spec_digest
 from protos.meshadmin import admin_pb2 as pb
 from protos.meshadmin import admin_pb2_grpc as pb_grpc
 
@@ -77,6 +79,20 @@ class MeshAdminServicer(pb_grpc.MeshAdminServicer):
                         last_used_ms=max(rec.last_used, local.last_used if local else 0),
                         status=st.status,
                         errors=st.errors,
+                        owner=rec.owner,
+                        min_copies=rec.min_copies,
+                        max_copies=rec.max_copies,
+                        spec_digest=spec_digest(rec.type, rec.path, rec.key),
+                    )
+                )
+            for vmodel_id, vrec in sorted(view.vmodels.items()):
+                resp.vmodels.append(
+                    pb.VModelSummary(
+                        vmodel_id=vmodel_id,
+                        owner=vrec.owner,
+                        active_model_id=vrec.active,
+                        target_model_id=vrec.target,
+                        status=vmodel_status(vrec),
                     )
                 )
         return resp

@@ -135,7 +135,12 @@ class ModelMeshServicer(pb_grpc.ModelMeshServicer):
         await self.registry.register(
             model_id,
             ModelSpec(
-                type=info.type, path=info.path, key=info.key, min_copies=min_copies, max_copies=max_copies
+                type=info.type,
+                path=info.path,
+                key=info.key,
+                min_copies=min_copies,
+                max_copies=max_copies,
+                owner=_owner(context.invocation_metadata()),
             ),
             load_now=request.loadNow,
             last_used=request.lastUsedTime,
@@ -229,6 +234,9 @@ class ModelMeshServicer(pb_grpc.ModelMeshServicer):
         )
 
 
+OWNER_HEADER = "mm-owner"
+
+
 def _copy_bounds(metadata) -> tuple[int, int]:
     """Per-model copy bounds from the ``mm-min-copies``/``mm-max-copies`` registration headers."""
     values = {h.MIN_COPIES: 0, h.MAX_COPIES: 0}
@@ -244,6 +252,15 @@ def _copy_bounds(metadata) -> tuple[int, int]:
     if hi and lo > hi:
         raise InvalidRequest(f"{h.MIN_COPIES} ({lo}) must not exceed {h.MAX_COPIES} ({hi})")
     return lo, hi
+
+
+def _owner(metadata) -> str:
+    """The registration's owner from the ``mm-owner`` header (a mesh extension, like ``mm-min-copies``;
+    ``mesh apply`` marks what it manages with it), validated like an id; "" when absent."""
+    for key, value in metadata or ():
+        if key == OWNER_HEADER:
+            return check_id(value, what=f"header {OWNER_HEADER}")
+    return ""
 
 
 def add_to_server(servicer: ModelMeshServicer, server: grpc.aio.Server) -> None:

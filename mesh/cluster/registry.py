@@ -30,6 +30,7 @@ class ModelSpec:
     key: str = ""
     min_copies: int = 0
     max_copies: int = 0
+    owner: str = ""  # who manages the registration (`mesh apply`): the mm-owner header; "" = nobody said
 
 
 class Registry:
@@ -78,9 +79,16 @@ class Registry:
                         f"model '{model_id}' is already registered with different info "
                         f"(type={cur.type!r}, path={cur.path!r}); unregister it first"
                     )
-                if (cur.min_copies, cur.max_copies) == (spec.min_copies, spec.max_copies):
+                # Owner, as for vmodels: an owned model is re-registered only by its owner or by a request
+                # naming none (ModelMesh clients send none); an unowned one takes the first owner given.
+                if spec.owner and cur.owner and spec.owner != cur.owner:
+                    raise FailedPrecondition(
+                        f"model '{model_id}' is owned by '{cur.owner}', not by '{spec.owner}'"
+                    )
+                owner = cur.owner or spec.owner
+                if (cur.min_copies, cur.max_copies, cur.owner) == (spec.min_copies, spec.max_copies, owner):
                     return cur
-                return cur.replace(min_copies=spec.min_copies, max_copies=spec.max_copies)
+                return cur.replace(min_copies=spec.min_copies, max_copies=spec.max_copies, owner=owner)
             return fresh
 
         rec = await self._update(model_id, apply)
@@ -260,6 +268,7 @@ class Registry:
             min_copies=spec.min_copies,
             max_copies=spec.max_copies,
             auto_delete=auto_delete,
+            owner=spec.owner,
         )
 
     async def delete_if_orphaned(self, model_id: str) -> bool:

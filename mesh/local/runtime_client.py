@@ -51,6 +51,11 @@ class RuntimeClient:
         self._channel = aio_channel(address, tls=tls)
         self._stub = rt_grpc.ModelRuntimeStub(self._channel)
 
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The SPI channel (its connectivity state tells whether the runtime is reachable)."""
+        return self._channel
+
     async def close(self) -> None:
         await self._channel.close()
 

@@ -41,7 +41,7 @@ class InstanceStatus(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., address: _Optional[str] = ..., zone: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., lru_age_ms: _Optional[int] = ..., model_count: _Optional[int] = ..., loads_in_progress: _Optional[int] = ..., rpm: _Optional[int] = ..., shutting_down: _Optional[bool] = ..., leader: _Optional[bool] = ...) -> None: ...
 
 class ModelSummary(_message.Message):
-    __slots__ = ("model_id", "type", "loaded_on", "loading_on", "failed_on", "last_used_ms", "status", "errors")
+    __slots__ = ("model_id", "type", "loaded_on", "loading_on", "failed_on", "last_used_ms", "status", "errors", "owner", "min_copies", "max_copies", "spec_digest")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     LOADED_ON_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,10 @@ class ModelSummary(_message.Message):
     LAST_USED_MS_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    MIN_COPIES_FIELD_NUMBER: _ClassVar[int]
+    MAX_COPIES_FIELD_NUMBER: _ClassVar[int]
+    SPEC_DIGEST_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     type: str
     loaded_on: _containers.RepeatedScalarFieldContainer[str]
@@ -58,14 +62,34 @@ class ModelSummary(_message.Message):
     last_used_ms: int
     status: str
     errors: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model_id: _Optional[str] = ..., type: _Optional[str] = ..., loaded_on: _Optional[_Iterable[str]] = ..., loading_on: _Optional[_Iterable[str]] = ..., failed_on: _Optional[_Iterable[str]] = ..., last_used_ms: _Optional[int] = ..., status: _Optional[str] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
+    owner: str
+    min_copies: int
+    max_copies: int
+    spec_digest: str
+    def __init__(self, model_id: _Optional[str] = ..., type: _Optional[str] = ..., loaded_on: _Optional[_Iterable[str]] = ..., loading_on: _Optional[_Iterable[str]] = ..., failed_on: _Optional[_Iterable[str]] = ..., last_used_ms: _Optional[int] = ..., status: _Optional[str] = ..., errors: _Optional[_Iterable[str]] = ..., owner: _Optional[str] = ..., min_copies: _Optional[int] = ..., max_copies: _Optional[int] = ..., spec_digest: _Optional[str] = ...) -> None: ...
+
+class VModelSummary(_message.Message):
+    __slots__ = ("vmodel_id", "owner", "active_model_id", "target_model_id", "status")
+    VMODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    vmodel_id: str
+    owner: str
+    active_model_id: str
+    target_model_id: str
+    status: str
+    def __init__(self, vmodel_id: _Optional[str] = ..., owner: _Optional[str] = ..., active_model_id: _Optional[str] = ..., target_model_id: _Optional[str] = ..., status: _Optional[str] = ...) -> None: ...
 
 class ClusterStatusResponse(_message.Message):
-    __slots__ = ("responding_instance", "instances", "models")
+    __slots__ = ("responding_instance", "instances", "models", "vmodels")
     RESPONDING_INSTANCE_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    VMODELS_FIELD_NUMBER: _ClassVar[int]
     responding_instance: str
     instances: _containers.RepeatedCompositeFieldContainer[InstanceStatus]
     models: _containers.RepeatedCompositeFieldContainer[ModelSummary]
-    def __init__(self, responding_instance: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelSummary, _Mapping]]] = ...) -> None: ...
+    vmodels: _containers.RepeatedCompositeFieldContainer[VModelSummary]
+    def __init__(self, responding_instance: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelSummary, _Mapping]]] = ..., vmodels: _Optional[_Iterable[_Union[VModelSummary, _Mapping]]] = ...) -> None: ...

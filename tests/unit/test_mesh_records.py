@@ -27,6 +27,7 @@ FULL_MODEL = ModelRecord(
     max_copies=3,
     registered_at=7,
     size=4096,
+    owner="team-a",
 )
 FULL_INSTANCE = InstanceRecord(
     address="10.0.0.1:8033",
@@ -63,6 +64,7 @@ def test_json_uses_short_names() -> None:
     assert data["loadedAt"] == {"p1": 3}
     assert data["failedIn"] == {"p3": 4}
     assert data["mPath"] == "s3://b/m" and data["lu"] == 5 and data["autoDel"] is True
+    assert data["o"] == "team-a"  # the owner, as in VModelRecord
     assert set(data) == set(ModelRecord._FIELDS.values())
     inst = json.loads(FULL_INSTANCE.to_json())
     assert inst["addr"] == "10.0.0.1:8033" and inst["lruTime"] == 8 and inst["shutdown"] is True
