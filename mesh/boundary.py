@@ -28,19 +28,23 @@ _MAX_CACHED = 1024
 async def abort_with(
     context: grpc.aio.ServicerContext, exc: BaseException, *, log: logging.Logger, what: str
 ):
-    """Abort the RPC with the status for ``exc`` (and its ``mm-error`` trailer). Raises, as abort does.
-
-    The message is redacted first (``mesh.redact``): this is where messages leave a pod or a runtime and
-    become model statuses and client errors, so no URL password, header or key value gets past it."""
-    code, details = to_status(exc)
-    details = redact_text(details)
+    """Abort the RPC with the status for ``exc`` (and its ``mm-error`` trailer). Raises, as abort does."""
+    code, details, trailer = status_of(exc)
     if not isinstance(exc, MeshError):
         log.error("%s failed unexpectedly: %s", what, details, exc_info=exc)
     elif code in CLIENT_CODES:
         log.debug("%s: %s %s", what, code.name, details)
     else:
         log.warning("%s: %s %s", what, code.name, details)
-    await context.abort(code, details, trailing_metadata=error_trailer(exc))
+    await context.abort(code, details, trailing_metadata=trailer)
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+    """(code, redacted details, ``mm-error`` trailer) that ``exc`` leaves a server with. Redacted here
+    (``mesh.redact``) because this is where messages leave a pod or a runtime and become model statuses and
+    client errors: no URL password, header or key value gets past it."""
+    code, details = to_status(exc)
+    return code, redact_text(details), error_trailer(exc)
 
 
 class ErrorBoundary(grpc.aio.ServerInterceptor):

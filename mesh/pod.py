@@ -106,6 +106,7 @@ class Pod:
             max_message_bytes=s.max_message_bytes,
             on_restart=self.metrics.runtime_restarts.inc,
             clock=self.clock,
+            inprocess=s.runtime_inprocess,
         )
         info = await self.runtime.start()
         self.info = info

@@ -91,6 +91,13 @@ class MeshSettings:
     runtime_cmd: str = _opt(
         "", "MM_RUNTIME_CMD", "Command line of a runtime process this pod starts and supervises (optional)."
     )
+    runtime_inprocess: str = _opt(
+        "",
+        "MM_RUNTIME_INPROCESS",
+        "Run the runtime inside the pod process instead: a module and its flags, e.g. "
+        "'runtime_adapters.builtin.inprocess --capacity 268435456' (no second process, no SPI/inference hop; the "
+        "runtime's crashes and CPU are the pod's: docs/runtimes.md).",
+    )
     storage_config: str = _opt(
         "",
         "STORAGE_CONFIG",

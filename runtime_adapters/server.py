@@ -172,9 +172,14 @@ class ModelRuntimeServicer:
     async def _pull_and_load(self, model_id: str, model_type: str, request: pb.LoadModelRequest) -> int:
         started = self.clock()
         artifact = await self.puller.pull(model_id, request.modelPath, request.modelKey, model_type)
+        pulled = self.clock()
         log.debug("pulled %s to %s (%d bytes)", model_id, artifact.path, artifact.disk_size_bytes)
         size = await self.adapter.load(model_id, model_type, artifact, request.modelKey)
-        log.debug("loadModel %s done in %.3fs", model_id, self.clock() - started)
+        done = self.clock()
+        log.info(
+            "loadModel %s done in %.1f ms (pull %.1f ms, load %.1f ms)",
+            model_id, (done - started) * 1000, (pulled - started) * 1000, (done - pulled) * 1000,
+        )  # fmt: skip
         return size
 
     async def _discard(self, model_id: str) -> None:

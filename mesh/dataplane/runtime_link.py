@@ -25,9 +25,17 @@ class RuntimeLink:
         allow_any_method: bool,
         tls: TlsFiles | None = None,
         max_message_bytes: int = 16 << 20,
+        channel: grpc.aio.Channel | None = None,
     ) -> None:
+        """``channel``: an already made channel (``mesh.inprocess.InProcessChannel`` for the in-process
+        runtime); it is the caller's to close then."""
         self.address = address
-        self._channel = aio_channel(address, tls=tls, max_message_bytes=max_message_bytes)
+        self._own_channel = channel is None
+        self._channel = (
+            channel
+            if channel is not None
+            else aio_channel(address, tls=tls, max_message_bytes=max_message_bytes)
+        )
         self._method_infos = {"/" + k.lstrip("/"): v for k, v in method_infos.items()}
         self._allow_any = allow_any_method or not method_infos
         self._calls: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
@@ -39,7 +47,8 @@ class RuntimeLink:
         return frozenset(self._method_infos)
 
     async def close(self) -> None:
-        await self._channel.close()
+        if self._own_channel:
+            await self._channel.close()
 
     def check_allowed(self, method: str) -> None:
         if method.startswith("/mmesh.ModelRuntime/"):

@@ -39,7 +39,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BASE_PORT = 8033
 DEFAULT_CAPACITY = 512 * 1024 * 1024
 DEFAULT_KV_ROOT = "/mm/local/"
-RUNTIMES = ("builtin", "mlserver")  # mlserver: runtime_adapters.mlserver starting MLServer (.venv-mlserver)
+# mlserver: runtime_adapters.mlserver starting MLServer (.venv-mlserver); inprocess: the built-in runtime inside
+# each pod process (MM_RUNTIME_INPROCESS); builtin-uds: the built-in runtime reached over a unix socket
+RUNTIMES = ("builtin", "mlserver", "inprocess", "builtin-uds")
 GRPC_FORK_ENV = "GRPC_ENABLE_FORK_SUPPORT"
 
 
@@ -168,6 +170,7 @@ class LocalCluster:
         env: dict[str, str] | None = None,
         tls_ca: str | None = None,
         tls_client: tuple[str, str] | None = None,
+        per_pod_args: dict[int, Sequence[str]] | None = None,
     ) -> None:
         if pods < 1:
             raise ValueError("pods must be >= 1")
@@ -183,6 +186,7 @@ class LocalCluster:
         self.storage_config = str(Path(storage_config).resolve()) if storage_config else None
         self.kv_root = kv_root
         self.pod_args = list(pod_args)
+        self.per_pod_args = {i: list(a) for i, a in (per_pod_args or {}).items()}  # extra flags of pod i
         self.python = python
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
@@ -297,11 +301,15 @@ class LocalCluster:
             return None
         return self._serving_ports.setdefault(index, free_port())
 
+    def runtime_socket(self, index: int) -> Path:
+        return self.data_dir / f"pod-{index}" / "runtime.sock"
+
     def runtime_cmd(self, index: int, runtime_port: int) -> list[str]:
+        package = "mlserver" if self.runtime == "mlserver" else "builtin"
         cmd = [
             self.python,
             "-m",
-            f"runtime_adapters.{self.runtime}",
+            f"runtime_adapters.{package}",
             "--host",
             "127.0.0.1",
             "--port",
@@ -317,7 +325,26 @@ class LocalCluster:
             cmd += ["--storage-config", self.storage_config]
         if self.runtime == "mlserver":
             cmd += ["--start-mlserver", "--mlserver-grpc", f"127.0.0.1:{self.serving_port(index)}"]
+        if self.runtime == "builtin-uds":
+            cmd += ["--socket", str(self.runtime_socket(index))]
         return cmd
+
+    def _runtime_flags(self, index: int, runtime_port: int) -> list[str]:
+        """How pod ``index`` gets its runtime: it starts a process (TCP, or a unix socket), or runs it inside."""
+        if self.runtime == "inprocess":
+            argv = self.runtime_cmd(index, runtime_port)[3:]  # the builtin's flags, without python -m module
+            return ["--runtime-inprocess", shlex.join(["runtime_adapters.builtin.inprocess", *argv])]
+        address = (
+            f"unix:{self.runtime_socket(index)}"
+            if self.runtime == "builtin-uds"
+            else f"127.0.0.1:{runtime_port}"
+        )
+        return [
+            "--runtime-address",
+            address,
+            "--runtime-cmd",
+            shlex.join(self.runtime_cmd(index, runtime_port)),
+        ]
 
     def pod_cmd(self, index: int, port: int, runtime_port: int, metrics_port: int) -> list[str]:
         return [
@@ -337,16 +364,14 @@ class LocalCluster:
             f"pod-{index}",
             "--metrics-port",
             str(metrics_port),
-            "--runtime-address",
-            f"127.0.0.1:{runtime_port}",
-            "--runtime-cmd",
-            shlex.join(self.runtime_cmd(index, runtime_port)),
+            *self._runtime_flags(index, runtime_port),
             *(
                 ["--serving-address", f"127.0.0.1:{self.serving_port(index)}"]
                 if self.serving_port(index)
                 else []
             ),
             *self.pod_args,
+            *self.per_pod_args.get(index, ()),
         ]
 
     def _env(self) -> dict[str, str]:

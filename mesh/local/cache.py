@@ -98,6 +98,21 @@ class LocalCache:
         self._used += size
         return entry, victims
 
+    def grow(self, model_id: str, size: int, last_used: int) -> list[CacheEntry]:
+        """Set a LOADING entry's predicted size, choosing victims by the same rules as ``reserve`` (an entry
+        reserved before its size was known: the prediction runs alongside the claim). Returns the victims,
+        already removed; raises ModelTooLarge / CapacityExhausted as ``reserve`` does."""
+        entry = self._entries[model_id]
+        if size > self.capacity:
+            raise ModelTooLarge(model_id, size, self.capacity)
+        delta = size - entry.size
+        victims = self._victims(delta, last_used) if delta > 0 else []
+        for v in victims:
+            self._remove(v)
+        self._used += delta
+        entry.size = size
+        return victims
+
     def resize(self, model_id: str, size: int) -> list[CacheEntry]:
         """Set the measured size of an entry; evicts other LRU entries if the cache is now over capacity."""
         entry = self._entries[model_id]

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.errors import (
@@ -44,6 +44,7 @@ from mesh.metrics import MeshMetrics
 from mesh.tasks import TaskSupervisor
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 INFLIGHT_DRAIN_S = 10.0
 INFLIGHT_POLL_S = 0.02
@@ -58,6 +59,26 @@ class LoadSpec:
     path: str = ""
     key: str = ""
     known_size: int = 0
+
+
+@dataclass(slots=True)
+class LoadTimings:
+    """Where one load's time went (ms), logged with it: the miss path's breakdown (docs/benchmarks.md).
+    ``claim`` and ``evict`` overlap; ``ready`` is from the first miss to waking the waiting requests."""
+
+    predict: float = 0.0
+    claim: float = 0.0
+    evict: float = 0.0
+    queue: float = 0.0
+    runtime: float = 0.0
+    size: float = 0.0
+    ready: float = 0.0
+
+    def describe(self) -> str:
+        return (
+            f"ready in {self.ready:.1f} ms: predict {self.predict:.1f}, claim {self.claim:.1f}, evict "
+            f"{self.evict:.1f}, queue {self.queue:.1f}, loadModel {self.runtime:.1f}, size {self.size:.1f}"
+        )
 
 
 class LoadHooks(Protocol):
@@ -153,14 +174,13 @@ class Loader:
             raise ShuttingDown("this pod is shutting down and takes no new loads")
         if not self.runtime_ready:
             raise RuntimeUnavailable("the model runtime of this pod is restarting")
-        size = await self._predict_size(model_id, spec)
-        existing = self.cache.get(model_id)  # someone may have started while we awaited
-        if existing is not None:
-            return existing
+        # Reserved at size 0 at once (no await before: one load per model), sized when the prediction
+        # comes back, which runs alongside the claim (_load).
         now = self.clock.now_ms()
-        entry, victims = self.cache.reserve(model_id, size, last_used or now, now)
+        entry, _ = self.cache.reserve(model_id, 0, last_used or now, now)
         entry.ready = asyncio.get_running_loop().create_future()
-        self.tasks.spawn(f"mesh:load:{model_id}", self._load(entry, spec, victims, exclusive, unreachable))
+        load = self._load(entry, spec, exclusive, unreachable, self.clock.monotonic())
+        self.tasks.spawn(f"mesh:load:{model_id}", load)
         self.on_change()
         return entry
 
@@ -177,30 +197,44 @@ class Loader:
         self,
         entry: CacheEntry,
         spec: LoadSpec,
-        victims: list[CacheEntry],
         exclusive: bool,
         unreachable: frozenset[str],
+        missed_at: float,
     ) -> None:
         model_id = entry.model_id
         fut = entry.ready
         assert fut is not None
         claimed = False
+        clock = self.clock
+        timings = LoadTimings()
+        claim: asyncio.Task[tuple[None, float]] | None = None
         try:
-            claim = self.hooks.claim(model_id, exclusive=exclusive, unreachable=unreachable)
-            if victims:
-                await asyncio.gather(claim, self.evict(victims, reason="space"))
-            else:
-                await claim
+            # The claim (one etcd round trip) runs while the runtime predicts the size. Victims are unloaded
+            # only once the claim is won: a lost claim (another pod loads it) must not cost evictions.
+            claim = asyncio.ensure_future(
+                self._timed(self.hooks.claim(model_id, exclusive=exclusive, unreachable=unreachable))
+            )
+            size, timings.predict = await self._timed(self._predict_size(model_id, spec))
+            victims = (
+                self.cache.grow(model_id, size, entry.last_used) if self.cache.get(model_id) is entry else []
+            )
+            _, timings.claim = await claim
             claimed = True
+            if victims:
+                _, timings.evict = await self._timed(self.evict(victims, reason="space"))
+            queued = clock.monotonic()
             async with self._sem:
-                started = self.clock.monotonic()
-                entry.load_started = self.clock.now_ms()
+                started = clock.monotonic()
+                timings.queue = (started - queued) * 1000
+                entry.load_started = clock.now_ms()
                 size = await self.runtime.load(
                     model_id, spec.type, spec.path, spec.key, timeout_s=self.load_timeout_s
                 )
-                self.metrics.loadmodel_seconds.observe(self.clock.monotonic() - started)
+                timings.runtime = (clock.monotonic() - started) * 1000
+                self.metrics.loadmodel_seconds.observe(timings.runtime / 1000)
             if not size:
-                size = await self.runtime.model_size(model_id) or entry.size
+                size, timings.size = await self._timed(self.runtime.model_size(model_id))
+                size = size or entry.size
             if self.cache.get(model_id) is not entry:
                 # unregistered or purged while loading: give the memory back
                 await self._unload_runtime(model_id)
@@ -211,9 +245,10 @@ class Loader:
             self.metrics.loaded_model_size_bytes.observe(size)
             if more:
                 self.tasks.spawn(f"mesh:evict-after:{model_id}", self.evict(more, reason="space"))
-            log.info("loaded %s (%d bytes) on %s", model_id, size, self.instance_id)
             # Waiting requests go now; recording LOADED in etcd follows (peers already route here by the claim).
             fut.set_result(None)
+            timings.ready = (clock.monotonic() - missed_at) * 1000
+            log.info("loaded %s (%d bytes) on %s, %s", model_id, size, self.instance_id, timings.describe())
             try:
                 await self.hooks.loaded(model_id, last_used=entry.last_used, size=size)
             except ModelNotFound:
@@ -225,6 +260,8 @@ class Loader:
         except BaseException as exc:
             if self.cache.get(model_id) is entry:
                 self.cache.remove(model_id)
+            if claim is not None and not claimed:
+                claimed = await _settle(claim)
             await self._after_failure(model_id, exc, claimed)
             if not fut.done():
                 fut.set_exception(exc if isinstance(exc, Exception) else RuntimeUnavailable("load cancelled"))
@@ -233,6 +270,12 @@ class Loader:
                 raise
         finally:
             self.on_change()
+
+    async def _timed(self, awaitable: Awaitable[T]) -> tuple[T, float]:
+        """``awaitable``'s result and how long it took (ms)."""
+        started = self.clock.monotonic()
+        result = await awaitable
+        return result, (self.clock.monotonic() - started) * 1000
 
     async def _after_failure(self, model_id: str, exc: BaseException, claimed: bool) -> None:
         if isinstance(exc, LoadedElsewhere):
@@ -314,3 +357,13 @@ class Loader:
                 e.ready.exception()
         self.on_change()
         return lost
+
+
+async def _settle(claim: asyncio.Task) -> bool:
+    """Wait for a claim the load no longer needs (it failed on the way: sizing, capacity); True if the claim
+    was written, so the caller releases it. Not cancelled: a cancelled write may still have landed."""
+    try:
+        await asyncio.shield(claim)
+    except BaseException:  # lost or failed: nothing to release
+        return False
+    return True

@@ -45,10 +45,18 @@ class RuntimeInfo:
 
 
 class RuntimeClient:
-    def __init__(self, address: str, *, tls: TlsFiles | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        tls: TlsFiles | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        """``channel``: an already made channel (``mesh.inprocess.InProcessChannel`` for the in-process runtime)."""
         self.address = address
         self.clock = clock
-        self._channel = aio_channel(address, tls=tls)
+        self._channel = channel if channel is not None else aio_channel(address, tls=tls)
         self._stub = rt_grpc.ModelRuntimeStub(self._channel)
 
     @property

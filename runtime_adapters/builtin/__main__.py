@@ -84,9 +84,10 @@ def _package_version() -> str:
         return "builtin-dev"
 
 
-async def serve(settings: RuntimeSettings, puller_settings: PullerSettings) -> None:
-    puller_settings.model_dir.mkdir(parents=True, exist_ok=True)
-    puller = Puller(puller_settings)
+def build_runtime(
+    settings: RuntimeSettings, puller_settings: PullerSettings, puller: Puller
+) -> tuple[BuiltinAdapter, ModelRuntimeServicer]:
+    """The adapter and the SPI servicer (shared by the process and the in-process mode)."""
     adapter = BuiltinAdapter(
         capacity_bytes=settings.capacity_bytes,
         runtime_version=settings.runtime_version,
@@ -98,6 +99,13 @@ async def serve(settings: RuntimeSettings, puller_settings: PullerSettings) -> N
         measure_wait_s=settings.load_timeout_ms / 1000,
     )
     servicer = ModelRuntimeServicer(adapter, puller, settings, local_roots=puller_settings.local_roots)
+    return adapter, servicer
+
+
+async def serve(settings: RuntimeSettings, puller_settings: PullerSettings) -> None:
+    puller_settings.model_dir.mkdir(parents=True, exist_ok=True)
+    puller = Puller(puller_settings)
+    adapter, servicer = build_runtime(settings, puller_settings, puller)
     server, port = await start_server(settings, servicer, adapter)
     log.info(
         "builtin runtime %s serving mmesh.ModelRuntime + V2 inference on %s:%d%s (capacity %d bytes, "
