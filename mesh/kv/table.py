@@ -69,6 +69,7 @@ class Table(Generic[R]):
         self._items: FrozenMap[R] = EMPTY
         self._pending: dict[str, R | None] | None = None  # changes staged during one batch
         self._commit_listeners: list[Callable[[], None]] = []
+        self._creates: _CreateBatcher[R] = _CreateBatcher(self)
         self._tombstones: dict[str, int] = {}  # id -> revision at/below which events for id are stale
         self._bad: set[str] = set()  # ids whose current value failed to decode (logged once)
         self._listeners: list[Listener[R]] = []
@@ -170,6 +171,14 @@ class Table(Generic[R]):
         key = self.key(id)
         current = self.get(id)
         if current is None:
+            created = _created(fn)
+            if created is not None and lease is None:
+                # Not in the snapshot and ``fn`` makes a record out of nothing: a create-only write, batched
+                # with concurrent ones into one etcd transaction (registration: no read first, and one
+                # round trip for many new models). If the key exists after all, read it and go on below.
+                written = await self._creates.create(id, created)
+                if written is not None:
+                    return written
             current = await self.get_strong(id)
         for _ in range(max_attempts):
             new = fn(current)
@@ -393,6 +402,61 @@ class Table(Generic[R]):
                 "%s: etcd revision went back (%d < %d); re-listing", self.name, current, self.revision
             )
             await self._relist(reset=True)
+
+
+def _created(fn: Callable[[R | None], R | None]) -> R | None:
+    """The record ``fn`` makes out of nothing, or None (``fn`` is pure: asking costs only the call)."""
+    try:
+        return fn(None)
+    except Exception:  # e.g. "not found": fn needs the stored value
+        return None
+
+
+class _CreateBatcher(Generic[R]):
+    """Create-only writes of one table, combined: while one transaction is in flight the next creates queue,
+    and go together in the next one (at most ``MAX_BATCH`` keys, each compared to "absent"). etcd then writes
+    and syncs one entry for many registrations. If any key of a batch exists, the whole transaction fails and
+    every create of that batch answers None: its caller reads the key and applies its change the usual way."""
+
+    MAX_BATCH = 64
+
+    def __init__(self, table: Table[R]) -> None:
+        self._table = table
+        self._pending: list[tuple[str, R, asyncio.Future[R | None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def create(self, id: str, record: R) -> R | None:
+        if any(pending_id == id for pending_id, _, _ in self._pending):
+            return None  # the same new id twice at once: one transaction may not name a key twice
+        fut: asyncio.Future[R | None] = asyncio.get_running_loop().create_future()
+        self._pending.append((id, record, fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush(), name=f"mesh:table-creates:{self._table.name}"
+            )
+        return await asyncio.shield(fut)
+
+    async def _flush(self) -> None:
+        table = self._table
+        while self._pending:
+            batch, self._pending = self._pending[: self.MAX_BATCH], self._pending[self.MAX_BATCH :]
+            try:
+                revision = await table._kv.txn_cas([(table.key(i), rec.to_json(), 0) for i, rec, _ in batch])
+            except BaseException as exc:
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc if isinstance(exc, Exception) else KvUnavailable("cancelled"))
+                        fut.exception()  # retrieved: its caller may be gone
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for id, rec, fut in batch:
+                written = None
+                if revision:
+                    written = dataclasses.replace(rec, revision=revision)  # type: ignore[type-var]
+                    table._apply_put(id, written)
+                if not fut.done():
+                    fut.set_result(written)
 
 
 def _with_revision(record: R, entry: KvEntry, decode: Callable[[bytes, int], R]) -> R:
