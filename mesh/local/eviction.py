@@ -1,0 +1,140 @@
+"""Eviction policies of the local cache: which ACTIVE entries go first when a load needs room.
+
+Owns the ordering rule only (pure, no I/O, time passed in); ``LocalCache`` owns the bookkeeping. Selected per
+cluster by ``MM_EVICTION_POLICY``:
+
+``lru`` (``LRU``)
+    Least recently used first, by absolute last-used timestamps (ModelMesh's rule, modelmesh.md §4).
+    ``LocalCache(capacity)`` without a policy runs exactly this rule through its original code path.
+
+``cost`` (``CostAware``)
+    Keep the bytes that save the most reload time per second. Each entry's value is
+
+        value = rate × load_ms / size_bytes
+        rate  = min(hits / (now − since), 1 / (now − last_used))        (requests per ms, ages ≥ 1 s)
+
+    and the lowest value goes first. ``load_ms / size`` is what a byte of this model is worth when a request
+    finds it (a 2 GB model that loads in 40 s and a 2 MB model that loads in 20 ms are worth 20 and 10 ms
+    per MB). ``rate`` estimates how often that happens: the request count since counting began
+    (frequency), capped by the inverse of the time since the last use (recency), so a model that was hot and
+    has stopped being used loses its value at once instead of polluting the cache the way GreedyDual-Size-
+    Frequency's never-decaying counts do until its inflation value catches up. Aging is therefore built in:
+    an idle entry's value falls as 1/idle time. With equal load times and sizes and one request per entry
+    the order is exactly LRU's. ``load_ms`` is the entry's measured load (``loaded_at − load_started``: the
+    runtime's loadModel, without the wait for a loading slot); ``hits`` is counted by the router's touch
+    (one attribute store per request, ``entry.hits += 1``).
+
+    Ghosts: the (hits, since, load_ms) of the last ``ghost_limit`` evicted models are remembered (bounded,
+    oldest forgotten first), so a model evicted and reloaded keeps its history instead of starting as a
+    one-hit model. That is the only state outside the entries, and it is touched only on the miss path.
+
+Both policies obey the same guard, which is the cost-aware analogue of LRU's rule that a load stamped with an
+older last-used (``loadNow`` registration, a copy moved from another pod, a proactive load) never displaces
+models used more recently: only entries whose last use is no newer than the incoming load's are candidates,
+and the policy orders those. A request-driven load is stamped "now", so every ACTIVE entry is a candidate
+for it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Protocol
+
+from mesh.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from mesh.local.cache import CacheEntry
+
+POLICIES = ("lru", "cost")
+MIN_AGE_MS = 1_000
+MIN_LOAD_MS = 1
+DEFAULT_GHOST_LIMIT = 10_000
+
+
+class EvictionPolicy(Protocol):
+    name: str
+
+    def order(self, candidates: list[CacheEntry], now: int) -> list[CacheEntry]:
+        """``candidates`` in eviction order (first = evicted first)."""
+        ...
+
+    def admitted(self, entry: CacheEntry, now: int) -> None:
+        """A new entry was reserved (restore what is remembered about it)."""
+        ...
+
+    def evicted(self, victims: list[CacheEntry], now: int) -> None:
+        """Entries left the cache (remember what is worth remembering)."""
+        ...
+
+
+class LRU:
+    """Least recently used first (the default)."""
+
+    name = "lru"
+
+    def order(self, candidates: list[CacheEntry], now: int) -> list[CacheEntry]:
+        return sorted(candidates, key=lambda e: e.last_used)
+
+    def admitted(self, entry: CacheEntry, now: int) -> None:
+        pass
+
+    def evicted(self, victims: list[CacheEntry], now: int) -> None:
+        pass
+
+
+class CostAware:
+    """Lowest reload time saved per byte per unit of time first (module docstring)."""
+
+    name = "cost"
+
+    def __init__(self, *, ghost_limit: int = DEFAULT_GHOST_LIMIT) -> None:
+        self.ghost_limit = max(0, ghost_limit)
+        # model id -> (hits, since ms, load ms) of recently evicted models, oldest first
+        self._ghosts: OrderedDict[str, tuple[int, int, int]] = OrderedDict()
+
+    @staticmethod
+    def load_ms(entry: CacheEntry) -> int:
+        if entry.loaded_at and entry.loaded_at >= entry.load_started:
+            return max(MIN_LOAD_MS, entry.loaded_at - entry.load_started)
+        return max(MIN_LOAD_MS, entry.load_ms)
+
+    def value(self, entry: CacheEntry, now: int) -> float:
+        """Reload milliseconds saved per byte per millisecond of keeping ``entry`` (higher = keep)."""
+        hits = max(1, entry.hits)
+        since = entry.since or entry.load_started
+        frequency = hits / max(MIN_AGE_MS, now - since)
+        recency = 1.0 / max(MIN_AGE_MS, now - entry.last_used)
+        return min(frequency, recency) * self.load_ms(entry) / max(1, entry.size)
+
+    def order(self, candidates: list[CacheEntry], now: int) -> list[CacheEntry]:
+        value = self.value
+        return sorted(candidates, key=lambda e: (value(e, now), e.last_used))
+
+    def admitted(self, entry: CacheEntry, now: int) -> None:
+        ghost = self._ghosts.pop(entry.model_id, None)
+        if ghost is None:
+            entry.since = now
+            return
+        entry.hits, entry.since, entry.load_ms = ghost
+
+    def evicted(self, victims: list[CacheEntry], now: int) -> None:
+        if not self.ghost_limit:
+            return
+        for v in victims:
+            self._ghosts.pop(v.model_id, None)
+            self._ghosts[v.model_id] = (v.hits, v.since or v.load_started, self.load_ms(v))
+        while len(self._ghosts) > self.ghost_limit:
+            self._ghosts.popitem(last=False)
+
+    def ghosts(self) -> int:
+        return len(self._ghosts)
+
+
+def make_policy(name: str, *, ghost_limit: int = DEFAULT_GHOST_LIMIT) -> EvictionPolicy | None:
+    """The policy for ``MM_EVICTION_POLICY``: None for ``lru`` (``LocalCache``'s original LRU path)."""
+    key = (name or "lru").strip().lower()
+    if key == "lru":
+        return None
+    if key == "cost":
+        return CostAware(ghost_limit=ghost_limit)
+    raise InvalidRequest(f"unknown eviction policy {name!r} (one of {', '.join(POLICIES)})")
