@@ -66,6 +66,8 @@ def eligible(
     constraints: TypeConstraints,
 ) -> dict[str, InstanceRecord]:
     rule = constraints.rule(model_type)
+    if not rule.required:
+        return {iid: rec for iid, rec in instances.items() if iid not in exclude and not rec.shutting_down}
     return {
         iid: rec
         for iid, rec in instances.items()
@@ -82,35 +84,45 @@ def choose_load_target(
     constraints: TypeConstraints | None = None,
     rng: random.Random | None = None,
     now_ms: int,
+    full_spread: int = 1,
+    busy_loads: int = 0,
 ) -> str | None:
-    """The instance that should load a model of ``size`` bytes, or None if no pod qualifies."""
+    """The instance that should load a model of ``size`` bytes, or None if no pod qualifies.
+
+    ``full_spread`` (≥ 1): when every pod is full, the shortlist holds at least this many of the oldest-LRU
+    pods, not only those within the LRU window. ``busy_loads`` (0 = off): pods publishing at least this
+    many loads in progress leave the shortlist while another remains. Both spread bursts of misses that
+    would otherwise pile onto the one pod whose published LRU time is oldest (see docs/benchmarks.md,
+    "Simulator"); the defaults keep ModelMesh's order.
+    """
     constraints = constraints or TypeConstraints()
     rng = rng or random.Random()
     candidates = eligible(instances, model_type=model_type, exclude=exclude, constraints=constraints)
     if not candidates:
         return None
 
-    def has_room(rec: InstanceRecord) -> bool:
-        return rec.capacity - rec.used >= size
-
-    roomy = {i: r for i, r in candidates.items() if has_room(r)}
+    # Ranking keys are built once per pod as plain tuples (no per-comparison lambdas or property calls): this
+    # runs on every miss, for every live pod. The instance id last in each key makes the order total.
+    roomy = [
+        (r.count, r.used - r.capacity if r.used < r.capacity else 0, r.loads_in_progress, r.rpm, i)
+        for i, r in candidates.items()
+        if r.capacity - r.used >= size
+    ]
     if roomy:
-        ranked = sorted(
-            roomy.items(),
-            key=lambda kv: (kv[1].count, -kv[1].free, kv[1].loads_in_progress, kv[1].rpm, kv[0]),
-        )
-        best = ranked[0][1]
-        limit = max(10, 1.25 * best.count)
-        shortlist = [i for i, r in ranked if r.free >= best.free / 4 and r.count <= limit]
+        roomy.sort()
+        best_count, best_neg_free = roomy[0][0], roomy[0][1]
+        limit = max(10, 1.25 * best_count)
+        quarter = -best_neg_free / 4
+        shortlist = [k[4] for k in roomy if -k[1] >= quarter and k[0] <= limit]
     else:
-        ranked = sorted(
-            candidates.items(),
-            key=lambda kv: (kv[1].lru_time or now_ms, kv[1].loads_in_progress, kv[1].rpm, kv[0]),
-        )
-        best = ranked[0][1]
-        best_lru = best.lru_time or now_ms
+        full = sorted((r.lru_time or now_ms, r.loads_in_progress, r.rpm, i) for i, r in candidates.items())
+        best_lru = full[0][0]
         window = min(45_000, (now_ms - best_lru) // 10)
-        shortlist = [i for i, r in ranked if (r.lru_time or now_ms) - best_lru <= window]
+        shortlist = [k[3] for k in full if k[0] - best_lru <= window]
+        if len(shortlist) < full_spread:
+            shortlist = [k[3] for k in full[:full_spread]]
+    if busy_loads > 0:
+        shortlist = [i for i in shortlist if candidates[i].loads_in_progress < busy_loads] or shortlist
     rule = constraints.rule(model_type)
     if rule.preferred:
         preferred = [i for i in shortlist if rule.preferred & set(candidates[i].labels)]

@@ -88,7 +88,14 @@ class LocalCache:
 
     # -- mutations
     def reserve(
-        self, model_id: str, size: int, last_used: int, now: int, *, evict: bool = True
+        self,
+        model_id: str,
+        size: int,
+        last_used: int,
+        now: int,
+        *,
+        evict: bool = True,
+        seen: tuple[int, int] | None = None,
     ) -> tuple[CacheEntry, list[CacheEntry]]:
         """Insert a LOADING entry of ``size`` bytes, evicting ACTIVE entries (least recently used first, or in
         the policy's order).
@@ -96,7 +103,8 @@ class LocalCache:
         Returns (entry, victims). The victims are already removed from the cache. Raises ModelTooLarge if
         ``size`` exceeds the whole capacity, CapacityExhausted if not enough can be evicted (everything else is
         loading, or more recently used than ``last_used``), or if room is needed and ``evict`` is False (a
-        proactive load fills spare room only).
+        proactive load fills spare room only). ``seen`` = (uses, since ms) is history of the model known from
+        elsewhere (the registry's last use), for a policy that counts uses; LRU ignores it.
         """
         if model_id in self._entries:
             raise ValueError(f"model {model_id} already in cache")
@@ -115,7 +123,7 @@ class LocalCache:
         entry = CacheEntry(model_id=model_id, size=size, last_used=last_used, load_started=now)
         if self.policy is not None:
             self.policy.evicted(victims, now)
-            self.policy.admitted(entry, now)
+            self.policy.admitted(entry, now, seen)
         self._entries[model_id] = entry
         self._used += size
         return entry, victims

@@ -49,6 +49,7 @@ POLICIES = ("lru", "cost")
 MIN_AGE_MS = 1_000
 MIN_LOAD_MS = 1
 DEFAULT_GHOST_LIMIT = 10_000
+DEFAULT_PRIOR_MS = 3_600_000
 
 
 class EvictionPolicy(Protocol):
@@ -58,8 +59,9 @@ class EvictionPolicy(Protocol):
         """``candidates`` in eviction order (first = evicted first)."""
         ...
 
-    def admitted(self, entry: CacheEntry, now: int) -> None:
-        """A new entry was reserved (restore what is remembered about it)."""
+    def admitted(self, entry: CacheEntry, now: int, seen: tuple[int, int] | None = None) -> None:
+        """A new entry was reserved (restore what is remembered about it; ``seen``: (uses, since) known
+        from elsewhere, e.g. the registry's last use of a model that was loaded before on another pod)."""
         ...
 
     def evicted(self, victims: list[CacheEntry], now: int) -> None:
@@ -75,7 +77,7 @@ class LRU:
     def order(self, candidates: list[CacheEntry], now: int) -> list[CacheEntry]:
         return sorted(candidates, key=lambda e: e.last_used)
 
-    def admitted(self, entry: CacheEntry, now: int) -> None:
+    def admitted(self, entry: CacheEntry, now: int, seen: tuple[int, int] | None = None) -> None:
         pass
 
     def evicted(self, victims: list[CacheEntry], now: int) -> None:
@@ -87,8 +89,9 @@ class CostAware:
 
     name = "cost"
 
-    def __init__(self, *, ghost_limit: int = DEFAULT_GHOST_LIMIT) -> None:
+    def __init__(self, *, ghost_limit: int = DEFAULT_GHOST_LIMIT, prior_ms: int = DEFAULT_PRIOR_MS) -> None:
         self.ghost_limit = max(0, ghost_limit)
+        self.prior_ms = max(0, prior_ms)
         # model id -> (hits, since ms, load ms) of recently evicted models, oldest first
         self._ghosts: OrderedDict[str, tuple[int, int, int]] = OrderedDict()
 
@@ -102,20 +105,35 @@ class CostAware:
         """Reload milliseconds saved per byte per millisecond of keeping ``entry`` (higher = keep)."""
         hits = max(1, entry.hits)
         since = entry.since or entry.load_started
-        frequency = hits / max(MIN_AGE_MS, now - since)
+        frequency = hits / max(MIN_AGE_MS, now - since + self.prior_ms)
         recency = 1.0 / max(MIN_AGE_MS, now - entry.last_used)
         return min(frequency, recency) * self.load_ms(entry) / max(1, entry.size)
 
     def order(self, candidates: list[CacheEntry], now: int) -> list[CacheEntry]:
-        value = self.value
-        return sorted(candidates, key=lambda e: (value(e, now), e.last_used))
+        # ``value`` inlined: this runs over every candidate on every eviction
+        prior = self.prior_ms
+        keyed = []
+        for e in candidates:
+            since = e.since or e.load_started
+            frequency = max(1, e.hits) / max(MIN_AGE_MS, now - since + prior)
+            recency = 1.0 / max(MIN_AGE_MS, now - e.last_used)
+            if e.loaded_at and e.loaded_at >= e.load_started:
+                load_ms = max(MIN_LOAD_MS, e.loaded_at - e.load_started)
+            else:
+                load_ms = max(MIN_LOAD_MS, e.load_ms)
+            value = (frequency if frequency < recency else recency) * load_ms / max(1, e.size)
+            keyed.append((value, e.last_used, e.model_id, e))
+        keyed.sort()
+        return [k[3] for k in keyed]
 
-    def admitted(self, entry: CacheEntry, now: int) -> None:
+    def admitted(self, entry: CacheEntry, now: int, seen: tuple[int, int] | None = None) -> None:
         ghost = self._ghosts.pop(entry.model_id, None)
-        if ghost is None:
+        if ghost is not None:
+            entry.hits, entry.since, entry.load_ms = ghost
+        elif seen is not None and 0 < seen[1] <= now:
+            entry.hits, entry.since = max(0, seen[0]), seen[1]
+        else:
             entry.since = now
-            return
-        entry.hits, entry.since, entry.load_ms = ghost
 
     def evicted(self, victims: list[CacheEntry], now: int) -> None:
         if not self.ghost_limit:

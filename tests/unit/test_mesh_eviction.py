@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -92,8 +93,10 @@ def test_aging_a_hot_model_that_stopped_loses_to_a_cheaper_live_one() -> None:
         hits=10_000,
         loaded_at=NOW - 7_200_000,
     )
-    # used a second ago, loads in 1 s (4x cheaper)
-    _loaded(cache, "live", size=10 * MB, load_ms=1_000, last_used=NOW - 1_000, hits=2, loaded_at=NOW - 5_000)
+    # used a second ago, 20 times in the last minute, loads in 1 s (4x cheaper)
+    _loaded(
+        cache, "live", size=10 * MB, load_ms=1_000, last_used=NOW - 1_000, hits=20, loaded_at=NOW - 60_000
+    )
     assert [e.model_id for e in policy.order(cache.entries(), NOW)] == ["was-hot", "live"]
     # an hour earlier (when it was still hot) the order was the other way round
     then = NOW - 3_600_000 + 1_000
@@ -104,8 +107,8 @@ def test_value_falls_as_an_entry_ages() -> None:
     policy = CostAware()
     cache = LocalCache(100 * MB, policy=policy)
     _loaded(cache, "a", size=MB, load_ms=500, last_used=NOW - 10_000, hits=3, loaded_at=NOW - 20_000)
-    values = [policy.value(cache.get("a"), NOW + dt) for dt in (0, 10_000, 100_000, 1_000_000)]
-    assert values == sorted(values, reverse=True) and values[-1] < values[0] / 10
+    values = [policy.value(cache.get("a"), NOW + dt) for dt in (0, 10**5, 10**6, 10**7, 10**8)]
+    assert all(a > b for a, b in itertools.pairwise(values)) and values[-1] < values[0] / 10
 
 
 def test_equal_cost_and_one_hit_each_is_lru_order() -> None:
@@ -150,6 +153,25 @@ def test_no_evict_reserve_fills_only_spare_room() -> None:
         with pytest.raises(CapacityExhausted, match="may not evict"):
             cache.reserve("more", 1, NOW, NOW, evict=False)
         assert {e.model_id for e in cache.entries()} == {"a", "fits"}
+
+
+def test_seen_history_from_the_registry_seeds_a_new_entry() -> None:
+    """A model evicted elsewhere and used 10 min ago is worth more than a first-time model, all else equal."""
+    policy = CostAware()
+    cache = LocalCache(100, policy=policy)
+    seen, _ = cache.reserve("seen-before", 10, NOW - 60_000, NOW - 60_000, seen=(1, NOW - 660_000))
+    fresh, _ = cache.reserve("first-time", 10, NOW - 60_000, NOW - 60_000)
+    assert (seen.hits, seen.since) == (1, NOW - 660_000) and (fresh.hits, fresh.since) == (0, NOW - 60_000)
+    for e in (seen, fresh):
+        e.state, e.loaded_at, e.hits = EntryState.ACTIVE, NOW - 59_000, e.hits + 1
+    assert [e.model_id for e in policy.order(cache.entries(), NOW)] == ["first-time", "seen-before"]
+    # nonsense history (in the future, or none) is ignored
+    later, _ = cache.reserve("bad", 10, NOW, NOW, seen=(5, NOW + 1))
+    assert (later.hits, later.since) == (0, NOW)
+    # LRU ignores it
+    lru = LocalCache(100)
+    entry, _ = lru.reserve("x", 10, NOW, NOW, seen=(7, NOW - 1))
+    assert entry.hits == 0
 
 
 def test_ghosts_restore_history_on_reload_and_are_bounded() -> None:
