@@ -36,7 +36,7 @@ DEFAULT_FAMILY = (0.6, 0.9, 1.1, 1.3)
 def _trace_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generated traces")
     g.add_argument("--models", type=int, default=100_000, help="registered models (default 100000)")
-    g.add_argument("--seconds", type=float, default=1_800.0, help="measured seconds per trace (default 1800)")
+    g.add_argument("--seconds", type=float, default=1_200.0, help="measured seconds per trace (default 1200)")
     g.add_argument(
         "--warmup-s",
         type=float,
@@ -92,6 +92,8 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         default_size=args.default_size,
         copy_scaling=not args.no_copy_scaling,
         warmup_s=_warmup(args),
+        join_pods=args.join_pods,
+        join_at_s=_warmup(args) if args.join_at_s is None else args.join_at_s,
         seed=args.seed,
     )
     tasks: list[Task] = []
@@ -185,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--csv", help="replay this CSV trace instead of generating the family")
     run.add_argument("--pods", type=int, default=100)
     run.add_argument(
-        "--capacity-gib", type=float, default=16.0, help="cache capacity per pod, GiB (default 16)"
+        "--capacity-gib", type=float, default=32.0, help="cache capacity per pod, GiB (default 32)"
     )
     run.add_argument("--loading-concurrency", type=int, default=2, help="parallel loads per pod (default 2)")
     run.add_argument(
@@ -194,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--policies", nargs="+", default=["lru", "cost"], choices=["lru", "cost"])
     run.add_argument("--proactive", action="store_true", help="also run each policy with proactive loading")
     run.add_argument("--no-copy-scaling", action="store_true")
+    run.add_argument(
+        "--join-pods", type=int, default=0, help="of --pods, how many join later (a scale-out; default 0)"
+    )
+    run.add_argument(
+        "--join-at-s", type=float, default=None, help="when they join, s (default: the end of the warm-up)"
+    )
     run.add_argument("--no-bound", action="store_true", help="skip the offline lower bound")
     run.add_argument("--bound-bucket-s", type=float, default=60.0, help="time bucket of the bound's LP")
     run.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")

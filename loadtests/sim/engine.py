@@ -74,7 +74,7 @@ MAX_HOPS = 4
 _last_used = attrgetter("last_used")
 
 # event kinds
-LOAD_DONE, PUBLISH, ROLL, SCALE, PROACTIVE, SAMPLE = range(6)
+LOAD_DONE, PUBLISH, ROLL, SCALE, PROACTIVE, SAMPLE, JOIN = range(7)
 
 
 class SimClock:
@@ -108,7 +108,7 @@ class MemTable:
 @dataclass(frozen=True)
 class SimConfig:
     pods: int = 100
-    capacity: int = 16 * GIB
+    capacity: int = 32 * GIB
     policy: str = "lru"
     loading_concurrency: int = 2
     default_size: int = 64 << 20
@@ -120,6 +120,9 @@ class SimConfig:
     second_copy_after_s: float = 420.0
     extra_copy_idle_s: float = 600.0
     copy_scaling: bool = True
+    join_pods: int = 0
+    """Pods (out of ``pods``) that join only at ``join_at_s`` (a scale-out: empty caches, spare room)."""
+    join_at_s: float = 0.0
     warmup_s: float = 0.0
     """Simulated seconds at the start of the trace that fill the caches and are not measured."""
     full_spread: int = 1
@@ -255,20 +258,16 @@ class SimMesh:
     def run(self) -> Counters:
         cfg = self.cfg
         with _instances_clock(self.clock):
-            for pod in self.pods:
-                self._publish(pod, force=True)
-            for pod in self.pods:
-                off = self.rng.random()
-                self._at(EPOCH_MS + int(off * cfg.publish_interval_s * 1000), PUBLISH, pod.idx)
-                self._at(EPOCH_MS + int(off * cfg.stats_tick_s * 1000), ROLL, pod.idx)
-                if cfg.copy_scaling:
-                    self._at(EPOCH_MS + int(off * cfg.scale_check_interval_s * 1000), SCALE, pod.idx)
+            self.n_alive = len(self.pods) - max(0, min(cfg.join_pods, len(self.pods) - 1))
+            for pod in self.pods[: self.n_alive]:
+                self._join(pod, EPOCH_MS)
+            if self.n_alive < len(self.pods):
+                self._at(EPOCH_MS + int(cfg.join_at_s * 1000), JOIN)
             if cfg.proactive:
                 self._at(EPOCH_MS + int(cfg.proactive_interval_s * 1000), PROACTIVE)
             self._at(EPOCH_MS, SAMPLE)
             events = self.events
             pods = self.pods
-            n = len(pods)
             ids = self.catalog.ids
             randrange = self.rng.randrange
             end = EPOCH_MS + int(self.trace.seconds * 1000)
@@ -280,7 +279,7 @@ class SimMesh:
                 self.clock.ms = t
                 if self.at_warmup is None and t >= self.measure_from:
                     self.at_warmup = copy.deepcopy(self.c)
-                pod = pods[next(landing)] if landing is not None else pods[randrange(n)]
+                pod = pods[next(landing)] if landing is not None else pods[randrange(self.n_alive)]
                 self._request(pod, ids[m], t)
             # drain: finish loads in flight (periodic events stop at the end of the trace)
             while events:
@@ -288,6 +287,17 @@ class SimMesh:
                 if ev[2] == LOAD_DONE or ev[0] <= end:
                     self._dispatch(ev)
         return self.c
+
+    def _join(self, pod: SimPod, now: int) -> None:
+        """The pod starts: publishes its record and starts its periodic tasks (at random phases)."""
+        cfg = self.cfg
+        self.clock.ms = now
+        self._publish(pod, force=True)
+        off = self.rng.random()
+        self._at(now + int(off * cfg.publish_interval_s * 1000), PUBLISH, pod.idx)
+        self._at(now + int(off * cfg.stats_tick_s * 1000), ROLL, pod.idx)
+        if cfg.copy_scaling:
+            self._at(now + int(off * cfg.scale_check_interval_s * 1000), SCALE, pod.idx)
 
     def _dispatch(self, ev: tuple) -> None:
         t, _, kind, a, b = ev
@@ -317,6 +327,10 @@ class SimMesh:
             self._proactive(t)
             if t < end:
                 self._at(t + int(cfg.proactive_interval_s * 1000), PROACTIVE)
+        elif kind == JOIN:
+            for pod in self.pods[self.n_alive :]:
+                self._join(pod, t)
+            self.n_alive = len(self.pods)
         elif kind == SAMPLE:
             self.samples_t.append((t - EPOCH_MS) / 1000)
             self.samples_used.append([p.cache.used for p in self.pods])

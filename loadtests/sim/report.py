@@ -124,12 +124,18 @@ def plot(results: list[dict], out_dir: Path) -> list[Path]:
         axes[0][1].set_title("load time spent per minute (s)")
         axes[1][0].set_title("requests that waited for a load, per minute")
         axes[1][1].set_title("pod memory used / capacity (median, min-max)")
+        warm = runs[0].get("warmup_s", 0) / 60
         for ax in axes.flat:
+            if warm:
+                ax.axvline(warm, color="black", lw=0.8, ls=":")
             ax.legend(fontsize=7)
             ax.grid(alpha=0.3)
         for ax in axes[1]:
             ax.set_xlabel("minute")
-        fig.suptitle(f"trace {trace}: {runs[0]['requests']} requests, {runs[0]['pods']} pods")
+        fig.suptitle(
+            f"trace {trace}: {runs[0]['requests']} measured requests after a {runs[0].get('warmup_s', 0):.0f} s "
+            f"warm-up (dotted line), {runs[0]['pods']} pods"
+        )
         fig.tight_layout()
         path = out_dir / f"{trace}.png"
         fig.savefig(path, dpi=90)

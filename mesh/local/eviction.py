@@ -11,22 +11,30 @@ cluster by ``MM_EVICTION_POLICY``:
     Keep the bytes that save the most reload time per second. Each entry's value is
 
         value = rate × load_ms / size_bytes
-        rate  = min(hits / (now − since), 1 / (now − last_used))        (requests per ms, ages ≥ 1 s)
+        rate  = min(hits / (now − since + prior), 1 / (now − last_used))      (per ms; ages ≥ 1 s)
+        prior = now − (oldest last use among the candidates)
 
     and the lowest value goes first. ``load_ms / size`` is what a byte of this model is worth when a request
     finds it (a 2 GB model that loads in 40 s and a 2 MB model that loads in 20 ms are worth 20 and 10 ms
-    per MB). ``rate`` estimates how often that happens: the request count since counting began
-    (frequency), capped by the inverse of the time since the last use (recency), so a model that was hot and
-    has stopped being used loses its value at once instead of polluting the cache the way GreedyDual-Size-
-    Frequency's never-decaying counts do until its inflation value catches up. Aging is therefore built in:
-    an idle entry's value falls as 1/idle time. With equal load times and sizes and one request per entry
-    the order is exactly LRU's. ``load_ms`` is the entry's measured load (``loaded_at − load_started``: the
-    runtime's loadModel, without the wait for a loading slot); ``hits`` is counted by the router's touch
-    (one attribute store per request, ``entry.hits += 1``).
+    per MB). ``rate`` estimates how often that happens. Its first term is the use count over the time it was
+    counted, plus a prior horizon: the age of the cache's least recently used entry, i.e. how long this
+    cache currently keeps a model nobody uses. Without it, a model loaded a minute ago for one request
+    would look like a once-a-minute model and outrank one used twice in the last ten minutes; with it, one
+    use is judged over the horizon the cache can afford to wait for the next, and the horizon follows the
+    cache's pressure by itself (a fixed one was tried in the simulator: 10 min and 1 h each lost on one
+    trace of the family). The second term caps it by recency, so a model that was hot and has stopped being
+    used loses its value at once instead of polluting the cache the way GreedyDual-Size-Frequency's
+    never-decaying counts do until its inflation value catches up: aging is built in, an idle entry's value
+    falls as 1/idle time. With equal load times and sizes, one use each and entries older than the horizon,
+    the order is LRU's. ``load_ms`` is the entry's measured load (``loaded_at − load_started``: the runtime's
+    loadModel, without the wait for a loading slot); ``hits`` is counted by the router's touch (one more
+    attribute store per request, ``entry.hits += 1``).
 
-    Ghosts: the (hits, since, load_ms) of the last ``ghost_limit`` evicted models are remembered (bounded,
-    oldest forgotten first), so a model evicted and reloaded keeps its history instead of starting as a
-    one-hit model. That is the only state outside the entries, and it is touched only on the miss path.
+    History: the (hits, since, load_ms) of the last ``ghost_limit`` models evicted from this pod are
+    remembered (bounded, oldest forgotten first) and restored if the model comes back; a model last held by
+    another pod starts with the registry's knowledge (``seen`` = one use at the record's ``lu``, which every
+    eviction pushes), so frequency survives a move between pods. That is the only state outside the
+    entries, and it is touched only on the miss path.
 
 Both policies obey the same guard, which is the cost-aware analogue of LRU's rule that a load stamped with an
 older last-used (``loadNow`` registration, a copy moved from another pod, a proactive load) never displaces
@@ -49,7 +57,6 @@ POLICIES = ("lru", "cost")
 MIN_AGE_MS = 1_000
 MIN_LOAD_MS = 1
 DEFAULT_GHOST_LIMIT = 10_000
-DEFAULT_PRIOR_MS = 3_600_000
 
 
 class EvictionPolicy(Protocol):
@@ -85,13 +92,15 @@ class LRU:
 
 
 class CostAware:
-    """Lowest reload time saved per byte per unit of time first (module docstring)."""
+    """Lowest reload time saved per byte per unit of time first (module docstring).
+
+    ``prior_ms``: None (default) for the adaptive prior horizon, or a fixed one in milliseconds."""
 
     name = "cost"
 
-    def __init__(self, *, ghost_limit: int = DEFAULT_GHOST_LIMIT, prior_ms: int = DEFAULT_PRIOR_MS) -> None:
+    def __init__(self, *, ghost_limit: int = DEFAULT_GHOST_LIMIT, prior_ms: int | None = None) -> None:
         self.ghost_limit = max(0, ghost_limit)
-        self.prior_ms = max(0, prior_ms)
+        self.prior_ms = None if prior_ms is None else max(0, prior_ms)
         # model id -> (hits, since ms, load ms) of recently evicted models, oldest first
         self._ghosts: OrderedDict[str, tuple[int, int, int]] = OrderedDict()
 
@@ -101,19 +110,25 @@ class CostAware:
             return max(MIN_LOAD_MS, entry.loaded_at - entry.load_started)
         return max(MIN_LOAD_MS, entry.load_ms)
 
-    def value(self, entry: CacheEntry, now: int) -> float:
+    def prior_for(self, candidates: list[CacheEntry], now: int) -> int:
+        """The prior horizon of the frequency estimate: fixed, or (default) the age of the least recently
+        used candidate, i.e. how long this cache currently keeps a model nobody uses."""
+        if self.prior_ms is not None:
+            return self.prior_ms
+        oldest = min((e.last_used for e in candidates), default=now)
+        return max(MIN_AGE_MS, now - oldest)
+
+    def value(self, entry: CacheEntry, now: int, prior_ms: int = 0) -> float:
         """Reload milliseconds saved per byte per millisecond of keeping ``entry`` (higher = keep)."""
-        hits = max(1, entry.hits)
         since = entry.since or entry.load_started
-        frequency = hits / max(MIN_AGE_MS, now - since + self.prior_ms)
+        frequency = max(1, entry.hits) / max(MIN_AGE_MS, now - since + prior_ms)
         recency = 1.0 / max(MIN_AGE_MS, now - entry.last_used)
         return min(frequency, recency) * self.load_ms(entry) / max(1, entry.size)
 
     def order(self, candidates: list[CacheEntry], now: int) -> list[CacheEntry]:
-        # ``value`` inlined: this runs over every candidate on every eviction
-        prior = self.prior_ms
+        prior = self.prior_for(candidates, now)
         keyed = []
-        for e in candidates:
+        for e in candidates:  # ``value`` inlined: this runs over every candidate on every eviction
             since = e.since or e.load_started
             frequency = max(1, e.hits) / max(MIN_AGE_MS, now - since + prior)
             recency = 1.0 / max(MIN_AGE_MS, now - e.last_used)

@@ -34,6 +34,29 @@ def _loaded(
     entry.hits = hits
 
 
+def test_order_is_value_order_with_the_adaptive_prior() -> None:
+    rng = random.Random(3)
+    policy = CostAware()
+    cache = LocalCache(10**12, policy=policy)
+    for i in range(40):
+        lu = NOW - rng.randrange(0, 7_200_000)
+        _loaded(
+            cache,
+            f"m{i}",
+            size=rng.randrange(1, 100) * MB,
+            load_ms=rng.randrange(1, 60_000),
+            last_used=lu,
+            hits=rng.randrange(1, 50),
+            loaded_at=lu - rng.randrange(0, 600_000),
+        )
+    entries = cache.entries()
+    prior = policy.prior_for(entries, NOW)
+    assert prior == NOW - min(e.last_used for e in entries)
+    want = sorted(entries, key=lambda e: (policy.value(e, NOW, prior), e.last_used))
+    assert policy.order(entries, NOW) == want
+    assert CostAware(prior_ms=5).prior_for(entries, NOW) == 5
+
+
 def test_make_policy() -> None:
     assert make_policy("lru") is None and make_policy("") is None and make_policy(" LRU ") is None
     assert isinstance(make_policy("cost"), CostAware)
@@ -164,7 +187,11 @@ def test_seen_history_from_the_registry_seeds_a_new_entry() -> None:
     assert (seen.hits, seen.since) == (1, NOW - 660_000) and (fresh.hits, fresh.since) == (0, NOW - 60_000)
     for e in (seen, fresh):
         e.state, e.loaded_at, e.hits = EntryState.ACTIVE, NOW - 59_000, e.hits + 1
-    assert [e.model_id for e in policy.order(cache.entries(), NOW)] == ["first-time", "seen-before"]
+    # this cache keeps idle models for an hour (its least recently used entry): that is the horizon over
+    # which one use is judged
+    _loaded(cache, "idle", size=10, load_ms=1_000, last_used=NOW - 3_600_000)
+    order = [e.model_id for e in policy.order(cache.entries(), NOW)]
+    assert order.index("first-time") < order.index("seen-before")
     # nonsense history (in the future, or none) is ignored
     later, _ = cache.reserve("bad", 10, NOW, NOW, seen=(5, NOW + 1))
     assert (later.hits, later.since) == (0, NOW)
