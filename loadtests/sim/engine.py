@@ -59,7 +59,7 @@ from mesh.cluster.scaling import CopyRules, decide_copies
 from mesh.cluster.view import ClusterView
 from mesh.errors import CapacityExhausted, ModelTooLarge
 from mesh.kv.records import InstanceRecord, ModelRecord
-from mesh.local.cache import EntryState, LocalCache
+from mesh.local.cache import CacheEntry, EntryState, LocalCache
 from mesh.local.eviction import make_policy
 from mesh.local.stats import RequestStats
 
@@ -72,6 +72,17 @@ MAX_ITERATIONS = 8  # dataplane.router.MAX_ITERATIONS
 MAX_HOPS = 4
 
 _last_used = attrgetter("last_used")
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(ModelRecord))
+
+
+def _with(rec: ModelRecord, **changes) -> ModelRecord:
+    """``rec.replace(**changes)`` without dataclasses.replace's per-call field introspection (the same new
+    frozen record: every field copied, the changed ones set; ModelRecord has no __post_init__)."""
+    new = object.__new__(ModelRecord)
+    for name in _RECORD_FIELDS:
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(rec, name))
+    return new
+
 
 # event kinds
 LOAD_DONE, PUBLISH, ROLL, SCALE, PROACTIVE, SAMPLE, JOIN = range(7)
@@ -163,6 +174,7 @@ class SimPod:
         "idx",
         "last_rec",
         "last_write",
+        "oldest",
         "publish_at",
         "queue",
         "stats",
@@ -182,6 +194,7 @@ class SimPod:
         self.last_rec: InstanceRecord | None = None
         self.last_write = -(10**12)
         self.publish_at = 0  # time of a pending poke-triggered check (0 = none)
+        self.oldest: CacheEntry | None = None  # the entry with the oldest last use, when known
         self.dirty = False
 
 
@@ -353,7 +366,7 @@ class SimMesh:
     def _claim(self, model_id: str, pod: SimPod, now: int) -> None:
         rec = self._record(model_id)
         if pod.id not in rec.instances:
-            self.registry._items[model_id] = rec.replace(instances={**rec.instances, pod.id: now})
+            self.registry._items[model_id] = _with(rec, instances={**rec.instances, pod.id: now})
             self.c.etcd_writes["claim"] += 1
             if rec.instances:
                 self.multi.add(model_id)
@@ -362,7 +375,8 @@ class SimMesh:
     def _mark_loaded(self, model_id: str, pod: SimPod, last_used: int, size: int, now: int) -> None:
         rec = self._record(model_id)
         instances = rec.instances if pod.id in rec.instances else {**rec.instances, pod.id: now}
-        self.registry._items[model_id] = rec.replace(
+        self.registry._items[model_id] = _with(
+            rec,
             instances=instances,
             loaded={**rec.loaded, pod.id: now},
             last_used=max(rec.last_used, last_used),
@@ -375,7 +389,8 @@ class SimMesh:
         if pod.id not in rec.instances:
             return
         instances = {k: v for k, v in rec.instances.items() if k != pod.id}
-        self.registry._items[model_id] = rec.replace(
+        self.registry._items[model_id] = _with(
+            rec,
             instances=instances,
             loaded={k: v for k, v in rec.loaded.items() if k != pod.id},
             last_used=max(rec.last_used, last_used),
@@ -389,16 +404,21 @@ class SimMesh:
 
     # ------------------------------------------------------------------ publisher (as cluster/instances.py)
     def _build(self, pod: SimPod) -> InstanceRecord:
-        # The fields Pod._instance_record publishes. lru_time is cache.oldest_last_used() and
-        # loads_in_progress cache.loading_count() (every LOADING entry is either loading or queued), computed
-        # here without the per-entry generator: this runs on every publisher check of every pod.
+        # The fields Pod._instance_record publishes. lru_time is cache.oldest_last_used(): the oldest entry is
+        # remembered and recomputed only when it left the cache or was used again (a use only moves an
+        # entry's last use forward, and a new entry older than it replaces it); loads_in_progress is
+        # cache.loading_count() (every LOADING entry is either loading or queued). This runs on every
+        # publisher check of every pod.
         cache = pod.cache
         entries = cache._entries
+        oldest = pod.oldest
+        if entries and (oldest is None or entries.get(oldest.model_id) is not oldest):
+            oldest = pod.oldest = min(entries.values(), key=_last_used)
         return InstanceRecord(
             address=pod.id,
             capacity=cache.capacity,
             used=cache.used,
-            lru_time=min(map(_last_used, entries.values())) if entries else 0,
+            lru_time=oldest.last_used if entries else 0,
             count=len(entries),
             loads_in_progress=pod.busy + len(pod.queue),
             loading_threads=self.cfg.loading_concurrency,
@@ -494,6 +514,8 @@ class SimMesh:
         # the router's touch: attribute stores only
         if t > entry.last_used:
             entry.last_used = t
+            if entry is pod.oldest:
+                pod.oldest = None
         entry.hits += 1
         pod.stats.record(entry.model_id)
         if entry.extra:
@@ -523,6 +545,9 @@ class SimMesh:
             entry, victims = pod.cache.reserve(model_id, predicted, last_used, now, evict=evict, seen=seen)
         except (CapacityExhausted, ModelTooLarge):
             return False
+        oldest = pod.oldest
+        if oldest is not None and entry.last_used < oldest.last_used:
+            pod.oldest = entry
         self._evicted(pod, victims, now)
         self._claim(model_id, pod, now)
         if cause == "proactive":

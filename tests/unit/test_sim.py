@@ -101,6 +101,10 @@ def test_simulation_accounting(policy: str) -> None:
     for pod in sim.pods:
         assert pod.cache.used <= pod.cache.capacity
         assert pod.busy == 0 and not pod.queue
+        # the record the simulator publishes is the one Pod._instance_record would build
+        rec = sim._build(pod)
+        assert rec.lru_time == (pod.cache.oldest_last_used() or 0)
+        assert rec.loads_in_progress == pod.cache.loading_count() and rec.count == len(pod.cache)
     held = {(p.id, e.model_id) for p in sim.pods for e in p.cache.entries()}
     claimed = {(i, m) for m, rec in sim.registry.items().items() for i in rec.instances}
     assert held == claimed
@@ -188,3 +192,14 @@ def test_bound_is_below_both_policies_on_a_small_trace() -> None:
         sim = SimMesh(SimConfig(pods=4, capacity=4 * GIB, policy=policy), trace)
         sim.run()
         assert b.total_s <= sim.result()["load_s"]
+
+
+def test_copy_scaling_adds_and_removes_copies_through_decide_copies() -> None:
+    trace = _tiny_trace()
+    sim = SimMesh(SimConfig(pods=6, capacity=4 * GIB, rpm_threshold=10, extra_copy_idle_s=60.0), trace)
+    sim.run()
+    r = sim.result()
+    assert r["loads_by_cause"]["copy"] > 0 and r["copies_removed"] > 0
+    assert r["etcd_writes_by_kind"]["remove"] == r["evictions"] + r["copies_removed"]
+    multi = {m for m, rec in sim.registry.items().items() if len(rec.instances) > 1}
+    assert multi == sim.multi
