@@ -108,7 +108,9 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
                         src,
                         "sim",
                         f"{policy}+proactive",
-                        config=_replace(base, policy=policy, proactive=True),
+                        config=_replace(
+                            base, policy=policy, proactive=True, request_loads_first=args.request_loads_first
+                        ),
                     )
                 )
     print(
@@ -195,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--policies", nargs="+", default=["lru", "cost"], choices=["lru", "cost"])
     run.add_argument("--proactive", action="store_true", help="also run each policy with proactive loading")
+    run.add_argument(
+        "--request-loads-first",
+        action="store_true",
+        help="with --proactive: loads that requests wait for go before queued proactive loads (a proposal)",
+    )
     run.add_argument("--no-copy-scaling", action="store_true")
     run.add_argument(
         "--join-pods", type=int, default=0, help="of --pods, how many join later (a scale-out; default 0)"

@@ -131,6 +131,8 @@ class SimConfig:
     second_copy_after_s: float = 420.0
     extra_copy_idle_s: float = 600.0
     copy_scaling: bool = True
+    started_before_s: float = 30.0
+    """How long before the first request the pods started (their first records were published then)."""
     join_pods: int = 0
     """Pods (out of ``pods``) that join only at ``join_at_s`` (a scale-out: empty caches, spare room)."""
     join_at_s: float = 0.0
@@ -141,6 +143,10 @@ class SimConfig:
     busy_loads: int = 0
     proactive: bool = False
     proactive_interval_s: float = 10.0
+    first_type_load_ms: int = 0
+    """Extra time of a pod's first load of each model type (a runtime importing the type's library)."""
+    request_loads_first: bool = False
+    """Request-driven loads jump queued proactive loads (a proposal; the real Loader is FIFO)."""
     size_noise: float = 0.2
     load_jitter: float = 0.1
     sample_s: float = 60.0
@@ -158,6 +164,7 @@ class Counters:
     routed: dict = field(default_factory=lambda: {"forward": 0, "load": 0, "forward-load": 0})
     loads: int = 0
     loads_by_cause: dict = field(default_factory=lambda: {"request": 0, "copy": 0, "proactive": 0})
+    loads_per_pod: dict = field(default_factory=dict)
     load_ms: int = 0
     evictions: int = 0
     copies_removed: int = 0
@@ -178,6 +185,7 @@ class SimPod:
         "publish_at",
         "queue",
         "stats",
+        "types_seen",
         "view",
     )
 
@@ -195,6 +203,7 @@ class SimPod:
         self.last_write = -(10**12)
         self.publish_at = 0  # time of a pending poke-triggered check (0 = none)
         self.oldest: CacheEntry | None = None  # the entry with the oldest last use, when known
+        self.types_seen: set[str] = set()
         self.dirty = False
 
 
@@ -272,8 +281,11 @@ class SimMesh:
         cfg = self.cfg
         with _instances_clock(self.clock):
             self.n_alive = len(self.pods) - max(0, min(cfg.join_pods, len(self.pods) - 1))
+            # pods start before the first request (registration, warm-up of the runtime): their first
+            # records are old when traffic starts, so the first change after it is published at once
+            started = EPOCH_MS - int(cfg.started_before_s * 1000)
             for pod in self.pods[: self.n_alive]:
-                self._join(pod, EPOCH_MS)
+                self._join(pod, started)
             if self.n_alive < len(self.pods):
                 self._at(EPOCH_MS + int(cfg.join_at_s * 1000), JOIN)
             if cfg.proactive:
@@ -556,6 +568,15 @@ class SimMesh:
         self.c.loads_by_cause[cause] += 1
         if pod.busy < self.cfg.loading_concurrency:
             self._begin(pod, model_id, now)
+        elif self.cfg.request_loads_first and cause == "request":
+            # proposal (not the Loader today, whose slots are a FIFO semaphore): a load someone waits for
+            # goes before queued proactive loads, as in ModelMesh's loading priority queue (modelmesh.md §4)
+            entries = pod.cache._entries
+            at = next(
+                (i for i, m in enumerate(pod.queue) if entries[m].extra.get("cause") == "proactive"),
+                len(pod.queue),
+            )
+            pod.queue.insert(at, model_id)
         else:
             pod.queue.append(model_id)
         self._poke(pod, now)
@@ -565,9 +586,13 @@ class SimMesh:
         pod.busy += 1
         entry = pod.cache._entries[model_id]
         entry.load_started = now
-        duration = self.load_times[self.index[model_id]]
+        i = self.index[model_id]
+        duration = self.load_times[i]
         if self.cfg.load_jitter:
             duration = max(1, int(duration * math.exp(self.rng.gauss(0.0, self.cfg.load_jitter))))
+        if self.cfg.first_type_load_ms and self.types[i] not in pod.types_seen:
+            pod.types_seen.add(self.types[i])
+            duration += self.cfg.first_type_load_ms
         self._at(now + duration, LOAD_DONE, pod.idx, model_id)
 
     def _load_done(self, pod: SimPod, model_id: str, now: int) -> None:
@@ -576,6 +601,7 @@ class SimMesh:
         duration = now - entry.load_started
         c = self.c
         c.loads += 1
+        c.loads_per_pod[pod.idx] = c.loads_per_pod.get(pod.idx, 0) + 1
         c.load_ms += duration
         minute = min((now - EPOCH_MS) // 60_000, len(self.per_minute["loads"]) - 1)
         self.per_minute["loads"][minute] += 1
@@ -747,6 +773,7 @@ class SimMesh:
             "routed": dict(c.routed),
             "loads": c.loads,
             "loads_by_cause": dict(c.loads_by_cause),
+            "loads_per_pod": [c.loads_per_pod.get(i, 0) for i in range(len(self.pods))],
             "load_s": c.load_ms / 1000,
             "evictions": c.evictions,
             "copies_removed": c.copies_removed,
