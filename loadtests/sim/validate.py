@@ -49,7 +49,7 @@ DEFAULT_CAPACITY = 768 * 1024
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pods", type=int, default=3)
     p.add_argument("--models", type=int, default=200)
-    p.add_argument("--seconds", type=float, default=150.0, help="trace length, s (warm-up included)")
+    p.add_argument("--seconds", type=float, default=300.0, help="trace length, s (warm-up included)")
     p.add_argument(
         "--warmup-s",
         type=float,
