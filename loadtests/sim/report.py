@@ -44,6 +44,7 @@ def comparison_rows(results: list[dict]) -> list[dict]:
                     "etcd_writes": r["etcd_writes"],
                     "sim_wall_s": _fmt(r["wall_s"], 1),
                     "x_real_time": round(r["speedup"]),
+                    "x_real_time_cpu": round(r.get("speedup_cpu", 0.0)),
                 }
             )
         if bound:
@@ -80,6 +81,7 @@ TABLE_COLUMNS = [
     "etcd_writes",
     "sim_wall_s",
     "x_real_time",
+    "x_real_time_cpu",
 ]
 
 

@@ -52,6 +52,7 @@ def run_task(task: Task) -> dict:
         "trace_seconds": trace.seconds,
     }
     started = time.perf_counter()
+    cpu_started = time.process_time()
     if task.kind == "bound":
         assert task.config is not None
         b = lower_bound(
@@ -75,6 +76,7 @@ def run_task(task: Task) -> dict:
     sim = SimMesh(task.config, trace)
     sim.run()
     wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
     out = sim.result()
     compulsory = compulsory_s(trace, int(task.config.warmup_s * 1000))
     return {
@@ -84,7 +86,9 @@ def run_task(task: Task) -> dict:
         "proactive": task.config.proactive,
         "compulsory_s": compulsory,
         "wall_s": wall,
+        "cpu_s": cpu,
         "speedup": trace.seconds / wall if wall else 0.0,
+        "speedup_cpu": trace.seconds / cpu if cpu else 0.0,
         "per_minute": {k: v.tolist() for k, v in sim.per_minute.items()},
         "samples_t": sim.samples_t,
         "samples_used": sim.samples_used,

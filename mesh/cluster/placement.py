@@ -97,41 +97,47 @@ def choose_load_target(
     """
     constraints = constraints or TypeConstraints()
     rng = rng or random.Random()
-    candidates = eligible(instances, model_type=model_type, exclude=exclude, constraints=constraints)
-    if not candidates:
-        return None
-
-    # Ranking keys are built once per pod as plain tuples (no per-comparison lambdas or property calls): this
-    # runs on every miss, for every live pod. The instance id last in each key makes the order total.
+    rule = constraints.rule(model_type)
+    required = rule.required
+    # One pass per branch over the pods, building plain tuples (no per-comparison lambdas, no property calls,
+    # no intermediate dicts): this runs on every miss, for every live pod. The instance id makes keys total.
     roomy = [
         (r.count, r.used - r.capacity if r.used < r.capacity else 0, r.loads_in_progress, r.rpm, i)
-        for i, r in candidates.items()
+        for i, r in instances.items()
         if r.capacity - r.used >= size
+        and i not in exclude
+        and not r.shutting_down
+        and (not required or required <= set(r.labels))
     ]
     if roomy:
         roomy.sort()
         best_count, best_neg_free = roomy[0][0], roomy[0][1]
         limit = max(10, 1.25 * best_count)
         quarter = -best_neg_free / 4
-        shortlist = [k[4] for k in roomy if -k[1] >= quarter and k[0] <= limit]
+        # (id, rpm, loads in progress)
+        shortlist = [(k[4], k[3], k[2]) for k in roomy if -k[1] >= quarter and k[0] <= limit]
     else:
-        full = sorted((r.lru_time or now_ms, r.loads_in_progress, r.rpm, i) for i, r in candidates.items())
+        full = sorted(
+            (r.lru_time or now_ms, r.loads_in_progress, r.rpm, i)
+            for i, r in instances.items()
+            if i not in exclude and not r.shutting_down and (not required or required <= set(r.labels))
+        )
+        if not full:
+            return None
         best_lru = full[0][0]
         window = min(45_000, (now_ms - best_lru) // 10)
-        shortlist = [k[3] for k in full if k[0] - best_lru <= window]
+        shortlist = [(k[3], k[2], k[1]) for k in full if k[0] - best_lru <= window]
         if len(shortlist) < full_spread:
-            shortlist = [k[3] for k in full[:full_spread]]
+            shortlist = [(k[3], k[2], k[1]) for k in full[:full_spread]]
     if busy_loads > 0:
-        shortlist = [i for i in shortlist if candidates[i].loads_in_progress < busy_loads] or shortlist
-    rule = constraints.rule(model_type)
+        shortlist = [c for c in shortlist if c[2] < busy_loads] or shortlist
     if rule.preferred:
-        preferred = [i for i in shortlist if rule.preferred & set(candidates[i].labels)]
+        preferred = [c for c in shortlist if rule.preferred & set(instances[c[0]].labels)]
         shortlist = preferred or shortlist
-    min_load = max(100, min(candidates[i].rpm for i in shortlist))
-    shortlist = [
-        i for i in shortlist if candidates[i].rpm < 100 or candidates[i].rpm <= 3 * min_load
-    ] or shortlist
-    return rng.choice(shortlist)
+    min_load = max(100, min(c[1] for c in shortlist))
+    busy = 3 * min_load
+    shortlist = [c for c in shortlist if c[1] < 100 or c[1] <= busy] or shortlist
+    return rng.choice(shortlist)[0]
 
 
 def choose_copy(
