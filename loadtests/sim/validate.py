@@ -64,6 +64,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=60.0, help="per-request deadline, s")
     p.add_argument("--models-dir", default=None, help="sample models (default var/zipf-models)")
     p.add_argument("--trace-out", help="also write the trace as CSV here")
+    p.add_argument(
+        "--policy",
+        choices=["lru", "cost"],
+        default="lru",
+        help="the simulator's eviction policy; give the pods the same with --pod-arg (e.g. their policy flag)",
+    )
+    p.add_argument(
+        "--pod-arg",
+        action="append",
+        default=[],
+        help="extra `mesh serve` argument for every real pod (repeatable), e.g. --pod-arg=--eviction-policy=cost",
+    )
     p.add_argument("--no-write", action="store_true")
 
 
@@ -192,6 +204,7 @@ def run_real(
         capacity=args.capacity,
         models_dir=models_dir,
         data_dir=data_dir,
+        pod_args=args.pod_arg,
     )
     with cluster:
         for i, model_id in enumerate(trace.catalog.ids):
@@ -264,6 +277,7 @@ def run_sim(
     cfg = SimConfig(
         pods=args.pods,
         capacity=args.capacity,
+        policy=args.policy,
         loading_concurrency=1,
         default_size=1_000_000,
         size_noise=0.0,
