@@ -99,12 +99,22 @@ class PeerClient:
             ) from None
 
     async def load(
-        self, peer: str, address: str, model_id: str, *, last_used: int, copy: bool, timeout: float
+        self,
+        peer: str,
+        address: str,
+        model_id: str,
+        *,
+        last_used: int,
+        timeout: float,
+        copy: bool = False,
+        fill: bool = False,
     ) -> None:
-        """Have ``peer`` load ``model_id`` (one more copy when ``copy``) and wait for the outcome."""
+        """Have ``peer`` load ``model_id`` (one more copy when ``copy``; into spare room only, never evicting,
+        when ``fill``) and wait for the outcome."""
         call = self._call(address, ENSURE_LOADED, raw=False)
         request = pb.EnsureLoadedRequest(modelId=model_id, lastUsedTime=last_used, sync=True)
-        metadata = ((h.INTERNAL, h.INTERNAL_COPY if copy else h.INTERNAL_LOAD), *self._auth)
+        mode = h.INTERNAL_FILL if fill else h.INTERNAL_COPY if copy else h.INTERNAL_LOAD
+        metadata = ((h.INTERNAL, mode), *self._auth)
         try:
             await self._connected(peer, address, timeout)
             status = await call(request, metadata=metadata, timeout=timeout)

@@ -41,7 +41,7 @@ from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.cluster.availability import Availability
 from mesh.cluster.drain import Drain
 from mesh.cluster.instances import InstancePublisher
-from mesh.cluster.janitor import Janitor, Reaper
+from mesh.cluster.janitor import Janitor, Reaper, SpareFiller
 from mesh.cluster.peer_secret import peer_secret
 from mesh.cluster.placement import TypeConstraints
 from mesh.cluster.registry import LocalCopyRecords, Registry
@@ -62,6 +62,7 @@ from mesh.kv.records import InstanceRecord, ModelRecord, VModelRecord
 from mesh.kv.session import Session
 from mesh.kv.table import Table
 from mesh.local.cache import LocalCache
+from mesh.local.eviction import make_policy
 from mesh.local.loader import Loader
 from mesh.local.runtime import LocalRuntime
 from mesh.local.stats import RequestStats
@@ -110,7 +111,7 @@ class Pod:
         )
         info = await self.runtime.start()
         self.info = info
-        self.cache = LocalCache(s.capacity_bytes or info.capacity)
+        self.cache = LocalCache(s.capacity_bytes or info.capacity, policy=make_policy(s.eviction_policy))
         default_size = s.default_model_size or info.default_model_size
         if self.cache.capacity < 2 * default_size:
             log.warning(
@@ -219,6 +220,7 @@ class Pod:
             rng=self.rng,
         )
         self.registry_table.add_listener(self._on_record_change)
+        self.registry_table.add_listener(self.availability.on_record_change)
         self.publisher = InstancePublisher(
             instance_id=me,
             table=self.instances_table,
@@ -258,6 +260,18 @@ class Pod:
         self.tasks.every(
             "mesh:reaper", self.reaper.interval_s, self.reaper.sweep_if_leader, kick=self.reaper.kick
         )
+        if s.proactive_loading:
+            filler = SpareFiller(
+                views=self.views,
+                availability=self.availability,
+                tasks=self.tasks,
+                is_leader=lambda: self.election.is_leader,
+                kv_healthy=self.kv_healthy,
+                failure_expiry_ms=s.load_failure_expiry_ms,
+                constraints=TypeConstraints.parse(s.type_constraints),
+                clock=self.clock,
+            )
+            self.tasks.every("mesh:proactive", s.scale_check_interval_s, filler.run_once)
 
     def _start_local_work(self) -> None:
         s = self.settings

@@ -145,6 +145,18 @@ class MeshSettings:
         "MM_REPLACE_LOST_MODELS",
         "Leader reloads elsewhere models whose only copies were on a dead pod.",
     )
+    eviction_policy: str = _opt(
+        "cost",
+        "MM_EVICTION_POLICY",
+        "Which local copies go first when a load needs room: cost (the least reload time saved per byte "
+        "and second; chosen by the simulator: docs/benchmarks.md) or lru (ModelMesh's least recently used).",
+    )
+    proactive_loading: bool = _opt(
+        False,
+        "MM_PROACTIVE_LOADING",
+        "The leader fills spare cluster capacity with recently used models that have no copy (never "
+        "evicting for them). Off by default: it did not pay off in the simulator (docs/benchmarks.md).",
+    )
     idle_unload_s: float = _opt(
         0.0, "MM_IDLE_UNLOAD_S", "Unload copies unused this long (0 = only evict for space)."
     )

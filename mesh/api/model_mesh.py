@@ -17,6 +17,7 @@ import grpc
 from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.cluster.availability import Availability
 from mesh.cluster.registry import ModelSpec, Registry
+from mesh.cluster.sizes import parse_size_override
 from mesh.cluster.status import LOADING, NOT_LOADED, ModelStatus, model_status
 from mesh.cluster.view import ViewHolder
 from mesh.cluster.vmodel_plans import SetRequest, vmodel_status
@@ -141,6 +142,7 @@ class ModelMeshServicer(pb_grpc.ModelMeshServicer):
                 min_copies=min_copies,
                 max_copies=max_copies,
                 owner=_owner(context.invocation_metadata()),
+                size_override=_size_override(context.invocation_metadata()),
             ),
             load_now=request.loadNow,
             last_used=request.lastUsedTime,
@@ -167,6 +169,12 @@ class ModelMeshServicer(pb_grpc.ModelMeshServicer):
         self.peer_auth.check(md, self.clock)
         if self.views.current.model(model_id) is None and await self.registry.get_strong(model_id) is None:
             raise ModelNotFound(model_id)  # as ModelMesh: a failed call, not OK with NOT_FOUND inside
+        if md.internal == h.INTERNAL_FILL:  # the leader's proactive load: spare room only
+            try:
+                await self.availability.fill(model_id, self.instance_id, last_used=request.lastUsedTime)
+            except MeshError as exc:
+                log.info("proactive load of %s not taken: %s", model_id, exc.message)
+            return to_proto(self.status_of(model_id))
         st = await self.load_and_status(
             model_id,
             request.sync,
@@ -261,6 +269,15 @@ def _owner(metadata) -> str:
         if key == OWNER_HEADER:
             return check_id(value, what=f"header {OWNER_HEADER}")
     return ""
+
+
+def _size_override(metadata) -> int:
+    """The ``mm-model-size`` registration header (bytes; 0 = none): the planned size of a copy for a model
+    whose measured size is noisy or whose first load must be planned (``mesh.cluster.sizes``)."""
+    for key, value in metadata or ():
+        if key == h.MODEL_SIZE:
+            return parse_size_override(value)
+    return 0
 
 
 def add_to_server(servicer: ModelMeshServicer, server: grpc.aio.Server) -> None:

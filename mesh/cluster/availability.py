@@ -29,6 +29,7 @@ from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.cluster.placement import TypeConstraints, choose_copy, choose_load_target
 from mesh.cluster.registry import Registry
 from mesh.cluster.reservations import Reservations
+from mesh.cluster.sizes import TypeSizes, planned_size
 from mesh.cluster.view import ClusterView, ViewHolder
 from mesh.dataplane import headers as h
 from mesh.dataplane.ports import ABSENT, LOCAL, Route, RouteKind
@@ -87,10 +88,27 @@ class Availability:
         self.remote_load_timeout_s = remote_load_timeout_s
         self.clock = clock
         self.rng = rng or random.Random()
+        self.type_sizes = TypeSizes()  # learned from the registry: on_record_change
 
     @property
     def default_size(self) -> int:
         return self.loader.default_size
+
+    def planned_size(self, rec: ModelRecord) -> int:
+        """What placement plans a copy of ``rec`` to weigh (``mesh.cluster.sizes``' order)."""
+        return planned_size(
+            override=rec.size_override,
+            measured=rec.size,
+            type_mean=self.type_sizes.predict(rec.type),
+            default=self.default_size,
+        )
+
+    def on_record_change(self, model_id: str, old: ModelRecord | None, new: ModelRecord | None) -> None:
+        """Registry listener: keep the per-type mean of measured sizes current."""
+        if old is not None and old.size and (new is None or new.size != old.size or new.type != old.type):
+            self.type_sizes.forget(old.type, old.size)
+        if new is not None and new.size and (old is None or old.size != new.size or old.type != new.type):
+            self.type_sizes.observe(new.type, new.size)
 
     # ------------------------------------------------------------------ the request path
     async def locate(
@@ -177,7 +195,7 @@ class Availability:
                     return LOCAL
                 hinted, last_error = _after_attempt(outcome, hinted, last_error)
                 continue
-            self.reservations.reserve(alive, target, rec.size or self.default_size)
+            self.reservations.reserve(alive, target, self.planned_size(rec))
             return Route(RouteKind.FORWARD, target, view.address(target) or "", h.INTERNAL_LOAD)
         raise last_error or NoPlacement(f"could not place model '{model_id}' after {MAX_ROUNDS} rounds")
 
@@ -285,7 +303,7 @@ class Availability:
         return choose_load_target(
             self.reservations.adjust(self.views.current.instances),
             model_type=rec.type,
-            size=size or rec.size or self.default_size,
+            size=size or self.planned_size(rec),
             exclude=exclude | set(recent),
             constraints=self.constraints,
             rng=self.rng,
@@ -300,8 +318,19 @@ class Availability:
         *,
         exclusive: bool,
         unreachable: set[str] | frozenset[str] = frozenset(),
+        evict: bool = True,
     ) -> None:
-        spec = LoadSpec(type=rec.type, path=rec.path, key=rec.key, known_size=rec.size)
+        spec = LoadSpec(
+            type=rec.type,
+            path=rec.path,
+            key=rec.key,
+            known_size=rec.size,
+            size_override=rec.size_override,
+            type_mean=self.type_sizes.predict(rec.type),
+            # what the registry knows of its use, for the eviction policy (its last use, if a copy went)
+            seen=(1, rec.last_used) if rec.last_unload else None,
+            evict=evict,
+        )
         await self.loader.ensure_local(
             model_id, spec, last_used=last_used, exclusive=exclusive, unreachable=frozenset(unreachable)
         )
@@ -316,9 +345,28 @@ class Availability:
         address = view.address(target)
         if not address:
             raise NoPlacement(f"peer {target} has no address")
-        self.reservations.reserve(view.instances, target, size or rec.size or self.default_size)
+        self.reservations.reserve(view.instances, target, size or self.planned_size(rec))
         await self.peers.load(
             target, address, model_id, last_used=last_used, copy=copy, timeout=self.remote_load_timeout_s
+        )
+
+    # ------------------------------------------------------------------ proactive loads (the leader)
+    async def fill(self, model_id: str, target: str, *, last_used: int) -> None:
+        """Load a model with no copy on ``target`` into spare room only (a proactive load: it never evicts,
+        and it loses to any concurrent claim). Raises CapacityExhausted when the room is gone."""
+        rec = self.views.current.model(model_id)
+        if rec is None:
+            return
+        if target == self.instance_id:
+            await self._load_here(rec, model_id, last_used, exclusive=True, evict=False)
+            return
+        view = self.views.current
+        address = view.address(target)
+        if not address:
+            raise NoPlacement(f"peer {target} has no address")
+        self.reservations.reserve(view.instances, target, self.planned_size(rec))
+        await self.peers.load(
+            target, address, model_id, last_used=last_used, fill=True, timeout=self.remote_load_timeout_s
         )
 
 

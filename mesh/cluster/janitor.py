@@ -22,6 +22,8 @@ from collections.abc import Callable, Collection
 
 from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.cluster.availability import Availability
+from mesh.cluster.placement import TypeConstraints
+from mesh.cluster.proactive import plan_proactive_loads
 from mesh.cluster.registry import Registry
 from mesh.cluster.view import ViewHolder
 from mesh.kv.records import InstanceRecord, ModelRecord
@@ -198,3 +200,61 @@ class Reaper:
     async def sweep_if_leader(self) -> None:
         if self.is_leader():
             await self.sweep()
+
+
+MAX_PARALLEL_FILLS = 4
+
+
+class SpareFiller:
+    """The leader's proactive loads (``MM_PROACTIVE_LOADING``, off by default): recently used models with no
+    copy are loaded into spare room (``mesh.cluster.proactive.plan_proactive_loads`` decides which and where;
+    ``Availability.fill`` loads without evicting and loses to any concurrent claim). At most
+    ``MAX_PARALLEL_FILLS`` in flight; nothing happens while etcd is lost."""
+
+    def __init__(
+        self,
+        *,
+        views: ViewHolder,
+        availability: Availability,
+        tasks: TaskSupervisor,
+        is_leader: Callable[[], bool],
+        kv_healthy: Callable[[], bool],
+        failure_expiry_ms: int,
+        constraints: TypeConstraints,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.views = views
+        self.availability = availability
+        self.tasks = tasks
+        self.is_leader = is_leader
+        self.kv_healthy = kv_healthy
+        self.failure_expiry_ms = failure_expiry_ms
+        self.constraints = constraints
+        self.clock = clock
+        self._in_flight: set[asyncio.Task] = set()
+
+    async def run_once(self) -> int:
+        """Start the planned loads; returns how many started."""
+        if not self.is_leader() or not self.kv_healthy() or len(self._in_flight) >= MAX_PARALLEL_FILLS:
+            return 0
+        view = self.views.current
+        plans = plan_proactive_loads(
+            view.models.items(),
+            view.instances,
+            now=self.clock.now_ms(),
+            default_size=self.availability.default_size,
+            failure_expiry_ms=self.failure_expiry_ms,
+            constraints=self.constraints,
+        )
+        started = 0
+        for plan in plans[: MAX_PARALLEL_FILLS - len(self._in_flight)]:
+            task = self.tasks.spawn(
+                f"mesh:fill:{plan.model_id}",
+                self.availability.fill(plan.model_id, plan.target, last_used=plan.last_used),
+            )
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+            started += 1
+        if started:
+            log.info("leader: proactive loads of %d model(s) into spare room", started)
+        return started

@@ -66,6 +66,8 @@ def eligible(
     constraints: TypeConstraints,
 ) -> dict[str, InstanceRecord]:
     rule = constraints.rule(model_type)
+    if not rule.required:
+        return {iid: rec for iid, rec in instances.items() if iid not in exclude and not rec.shutting_down}
     return {
         iid: rec
         for iid, rec in instances.items()
@@ -82,44 +84,60 @@ def choose_load_target(
     constraints: TypeConstraints | None = None,
     rng: random.Random | None = None,
     now_ms: int,
+    full_spread: int = 1,
+    busy_loads: int = 0,
 ) -> str | None:
-    """The instance that should load a model of ``size`` bytes, or None if no pod qualifies."""
+    """The instance that should load a model of ``size`` bytes, or None if no pod qualifies.
+
+    ``full_spread`` (≥ 1): when every pod is full, the shortlist holds at least this many of the oldest-LRU
+    pods, not only those within the LRU window. ``busy_loads`` (0 = off): pods publishing at least this
+    many loads in progress leave the shortlist while another remains. Both spread bursts of misses that
+    would otherwise pile onto the one pod whose published LRU time is oldest (see docs/benchmarks.md,
+    "Simulator"); the defaults keep ModelMesh's order.
+    """
     constraints = constraints or TypeConstraints()
     rng = rng or random.Random()
-    candidates = eligible(instances, model_type=model_type, exclude=exclude, constraints=constraints)
-    if not candidates:
-        return None
-
-    def has_room(rec: InstanceRecord) -> bool:
-        return rec.capacity - rec.used >= size
-
-    roomy = {i: r for i, r in candidates.items() if has_room(r)}
-    if roomy:
-        ranked = sorted(
-            roomy.items(),
-            key=lambda kv: (kv[1].count, -kv[1].free, kv[1].loads_in_progress, kv[1].rpm, kv[0]),
-        )
-        best = ranked[0][1]
-        limit = max(10, 1.25 * best.count)
-        shortlist = [i for i, r in ranked if r.free >= best.free / 4 and r.count <= limit]
-    else:
-        ranked = sorted(
-            candidates.items(),
-            key=lambda kv: (kv[1].lru_time or now_ms, kv[1].loads_in_progress, kv[1].rpm, kv[0]),
-        )
-        best = ranked[0][1]
-        best_lru = best.lru_time or now_ms
-        window = min(45_000, (now_ms - best_lru) // 10)
-        shortlist = [i for i, r in ranked if (r.lru_time or now_ms) - best_lru <= window]
     rule = constraints.rule(model_type)
+    required = rule.required
+    # One pass per branch over the pods, building plain tuples (no per-comparison lambdas, no property calls,
+    # no intermediate dicts): this runs on every miss, for every live pod. The instance id makes keys total.
+    roomy = [
+        (r.count, r.used - r.capacity if r.used < r.capacity else 0, r.loads_in_progress, r.rpm, i)
+        for i, r in instances.items()
+        if r.capacity - r.used >= size
+        and i not in exclude
+        and not r.shutting_down
+        and (not required or required <= set(r.labels))
+    ]
+    if roomy:
+        roomy.sort()
+        best_count, best_neg_free = roomy[0][0], roomy[0][1]
+        limit = max(10, 1.25 * best_count)
+        quarter = -best_neg_free / 4
+        # (id, rpm, loads in progress)
+        shortlist = [(k[4], k[3], k[2]) for k in roomy if -k[1] >= quarter and k[0] <= limit]
+    else:
+        full = sorted(
+            (r.lru_time or now_ms, r.loads_in_progress, r.rpm, i)
+            for i, r in instances.items()
+            if i not in exclude and not r.shutting_down and (not required or required <= set(r.labels))
+        )
+        if not full:
+            return None
+        best_lru = full[0][0]
+        window = min(45_000, (now_ms - best_lru) // 10)
+        shortlist = [(k[3], k[2], k[1]) for k in full if k[0] - best_lru <= window]
+        if len(shortlist) < full_spread:
+            shortlist = [(k[3], k[2], k[1]) for k in full[:full_spread]]
+    if busy_loads > 0:
+        shortlist = [c for c in shortlist if c[2] < busy_loads] or shortlist
     if rule.preferred:
-        preferred = [i for i in shortlist if rule.preferred & set(candidates[i].labels)]
+        preferred = [c for c in shortlist if rule.preferred & set(instances[c[0]].labels)]
         shortlist = preferred or shortlist
-    min_load = max(100, min(candidates[i].rpm for i in shortlist))
-    shortlist = [
-        i for i in shortlist if candidates[i].rpm < 100 or candidates[i].rpm <= 3 * min_load
-    ] or shortlist
-    return rng.choice(shortlist)
+    min_load = max(100, min(c[1] for c in shortlist))
+    busy = 3 * min_load
+    shortlist = [c for c in shortlist if c[1] < 100 or c[1] <= busy] or shortlist
+    return rng.choice(shortlist)[0]
 
 
 def choose_copy(

@@ -31,6 +31,7 @@ class ModelSpec:
     min_copies: int = 0
     max_copies: int = 0
     owner: str = ""  # who manages the registration (`mesh apply`): the mm-owner header; "" = nobody said
+    size_override: int = 0  # the mm-model-size header: planned size of a copy (mesh.cluster.sizes)
 
 
 class Registry:
@@ -86,9 +87,15 @@ class Registry:
                         f"model '{model_id}' is owned by '{cur.owner}', not by '{spec.owner}'"
                     )
                 owner = cur.owner or spec.owner
-                if (cur.min_copies, cur.max_copies, cur.owner) == (spec.min_copies, spec.max_copies, owner):
+                wanted = (spec.min_copies, spec.max_copies, owner, spec.size_override)
+                if (cur.min_copies, cur.max_copies, cur.owner, cur.size_override) == wanted:
                     return cur
-                return cur.replace(min_copies=spec.min_copies, max_copies=spec.max_copies, owner=owner)
+                return cur.replace(
+                    min_copies=spec.min_copies,
+                    max_copies=spec.max_copies,
+                    owner=owner,
+                    size_override=spec.size_override,
+                )
             return fresh
 
         rec = await self._update(model_id, apply)
@@ -269,6 +276,7 @@ class Registry:
             max_copies=spec.max_copies,
             auto_delete=auto_delete,
             owner=spec.owner,
+            size_override=spec.size_override,
         )
 
     async def delete_if_orphaned(self, model_id: str) -> bool:

@@ -34,10 +34,12 @@ PEER_TOKEN = "mm-peer-token"  # the cluster's peer secret: internal metadata is 
 
 MIN_COPIES = "mm-min-copies"  # registerModel extension: per-model copy bounds
 MAX_COPIES = "mm-max-copies"
+MODEL_SIZE = "mm-model-size"  # registerModel extension: the planned size of a copy, in bytes
 
 INTERNAL_HIT = "hit"
 INTERNAL_LOAD = "load"  # load here unless another pod claimed it first (then hand off to that pod)
 INTERNAL_COPY = "copy"  # load an additional copy here (ensureLoaded between pods, copy scaling)
+INTERNAL_FILL = "fill"  # load here into spare room only, never evicting (the leader's proactive loads)
 
 V2_SERVICE = "inference.GRPCInferenceService"
 #: The KServe V2 methods, by full gRPC method name -> their short name (metric label).

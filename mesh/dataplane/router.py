@@ -141,6 +141,7 @@ class Router:
             if entry is not None and entry.state is EntryState.ACTIVE and me not in exclude:
                 if entry.last_used < last_used:
                     entry.last_used = last_used
+                entry.hits += 1  # the cost-aware eviction policy's frequency
                 try:
                     return await self._invoke_local(entry, method, payload, info, deadline)
                 except ModelNotHere:

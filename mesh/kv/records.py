@@ -155,6 +155,7 @@ class ModelRecord(_Record):
     max_copies: int = 0
     registered_at: int = 0
     size: int = 0
+    size_override: int = 0
     owner: str = ""
     extra: dict[str, Any] = field(default_factory=lambda: EMPTY_MAP, compare=False)
     revision: int = field(default=0, compare=False)
@@ -175,6 +176,7 @@ class ModelRecord(_Record):
         "max_copies": "maxCopies",
         "registered_at": "regTime",
         "size": "size",
+        "size_override": "sizeOvr",
         "owner": "o",
     }
 

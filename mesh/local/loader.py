@@ -59,6 +59,10 @@ class LoadSpec:
     path: str = ""
     key: str = ""
     known_size: int = 0
+    size_override: int = 0  # the registration's mm-model-size: wins over every prediction
+    type_mean: int = 0  # the cluster's mean measured size of this type (mesh.cluster.sizes.TypeSizes)
+    seen: tuple[int, int] | None = None  # (uses, since ms) known from the registry, for the eviction policy
+    evict: bool = True  # False: a proactive load, which fills spare room only
 
 
 @dataclass(slots=True)
@@ -177,7 +181,7 @@ class Loader:
         # Reserved at size 0 at once (no await before: one load per model), sized when the prediction
         # comes back, which runs alongside the claim (_load).
         now = self.clock.now_ms()
-        entry, _ = self.cache.reserve(model_id, 0, last_used or now, now)
+        entry, _ = self.cache.reserve(model_id, 0, last_used or now, now, seen=spec.seen)
         entry.ready = asyncio.get_running_loop().create_future()
         load = self._load(entry, spec, exclusive, unreachable, self.clock.monotonic())
         self.tasks.spawn(f"mesh:load:{model_id}", load)
@@ -185,13 +189,19 @@ class Loader:
         return entry
 
     async def _predict_size(self, model_id: str, spec: LoadSpec) -> int:
+        """The size to reserve (``mesh.cluster.sizes``): the override, else the runtime's prediction, else the
+        measured size of an earlier copy when it fits this cache (a noisy measurement larger than the whole
+        cache must not lock the model out), else the cluster's mean for the type, else the default."""
+        if spec.size_override:
+            return spec.size_override
         try:
             predicted = await self.runtime.predict_size(model_id, spec.type, spec.path, spec.key)
         except MeshError:
             raise
         except Exception:  # a sizing hiccup must not fail the load
             predicted = None
-        return predicted or spec.known_size or self.default_size
+        measured = spec.known_size if spec.known_size <= self.cache.capacity else 0
+        return predicted or measured or spec.type_mean or self.default_size
 
     async def _load(
         self,
@@ -216,7 +226,9 @@ class Loader:
             )
             size, timings.predict = await self._timed(self._predict_size(model_id, spec))
             victims = (
-                self.cache.grow(model_id, size, entry.last_used) if self.cache.get(model_id) is entry else []
+                self.cache.grow(model_id, size, entry.last_used, clock.now_ms(), evict=spec.evict)
+                if self.cache.get(model_id) is entry
+                else []
             )
             _, timings.claim = await claim
             claimed = True
@@ -239,7 +251,7 @@ class Loader:
                 # unregistered or purged while loading: give the memory back
                 await self._unload_runtime(model_id)
                 raise ModelNotFound(model_id)
-            more = self.cache.resize(model_id, size)
+            more = self.cache.resize(model_id, size, clock.now_ms())
             entry.state = EntryState.ACTIVE
             entry.loaded_at = self.clock.now_ms()
             self.metrics.loaded_model_size_bytes.observe(size)

@@ -102,7 +102,11 @@ def test_concurrent_first_requests_share_one_load(pod, samples):  # noqa: F811
 
 @pytest.fixture
 def small_pod(etcd_server, samples):  # noqa: F811
-    cluster = make_cluster(etcd_server.endpoint, samples, capacity=200_000)
+    """A pod with room for a few models, evicting by LRU (the cost-aware default is tested by its ordering
+    tests and the simulator; these tests pin the LRU rule, ModelMesh's)."""
+    cluster = make_cluster(
+        etcd_server.endpoint, samples, capacity=200_000, extra=("--eviction-policy", "lru")
+    )
     cluster.start()
     try:
         yield cluster

@@ -286,3 +286,73 @@ def test_choose_copy_unknown_instance_counts_as_idle() -> None:
     loaded = {"known": NOW, "unknown": NOW}
     picks = {choose_copy(["known", "unknown"], loaded, instances, random.Random(s)) for s in range(30)}
     assert picks == {"unknown"}
+
+
+def _reference_choose_load_target(instances, *, model_type, size, exclude, constraints, rng, now_ms):
+    """The straightforward form of the placement order (the first implementation), to check that the faster
+    one chooses the same pod with the same random draws."""
+    rule = constraints.rule(model_type)
+    candidates = {
+        i: r
+        for i, r in instances.items()
+        if i not in exclude and not r.shutting_down and rule.required <= set(r.labels)
+    }
+    if not candidates:
+        return None
+    roomy = {i: r for i, r in candidates.items() if r.capacity - r.used >= size}
+    if roomy:
+        ranked = sorted(
+            roomy.items(),
+            key=lambda kv: (kv[1].count, -kv[1].free, kv[1].loads_in_progress, kv[1].rpm, kv[0]),
+        )
+        best = ranked[0][1]
+        limit = max(10, 1.25 * best.count)
+        shortlist = [i for i, r in ranked if r.free >= best.free / 4 and r.count <= limit]
+    else:
+        ranked = sorted(
+            candidates.items(),
+            key=lambda kv: (kv[1].lru_time or now_ms, kv[1].loads_in_progress, kv[1].rpm, kv[0]),
+        )
+        best_lru = ranked[0][1].lru_time or now_ms
+        window = min(45_000, (now_ms - best_lru) // 10)
+        shortlist = [i for i, r in ranked if (r.lru_time or now_ms) - best_lru <= window]
+    if rule.preferred:
+        shortlist = [i for i in shortlist if rule.preferred & set(candidates[i].labels)] or shortlist
+    min_load = max(100, min(candidates[i].rpm for i in shortlist))
+    shortlist = [
+        i for i in shortlist if candidates[i].rpm < 100 or candidates[i].rpm <= 3 * min_load
+    ] or shortlist
+    return rng.choice(shortlist)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_same_choice_as_the_reference_order(seed: int) -> None:
+    rng = random.Random(seed)
+    constraints = TypeConstraints.parse(
+        '{"g": {"required": ["gpu"], "preferred": ["fast"]}, "p": {"preferred": ["fast"]}}'
+    )
+    for _ in range(50):
+        instances = {}
+        for k in range(rng.randrange(1, 40)):
+            cap = rng.choice([10, 100, 1_000])
+            instances[f"p{k:02d}"] = pod(
+                cap=cap,
+                used=rng.randrange(0, cap + 20),  # sometimes over capacity (a resize over a full cache)
+                count=rng.randrange(0, 30),
+                lru=rng.choice([0, NOW - rng.randrange(0, 3_600_000)]),
+                rpm=rng.choice([0, 50, 150, 400, 2_000]),
+                labels=rng.sample(["gpu", "fast", "zone-a"], rng.randrange(0, 3)),
+                lip=rng.randrange(0, 3),
+                shutting_down=rng.random() < 0.1,
+            )
+        kw = dict(
+            model_type=rng.choice(["g", "p", "x"]),
+            size=rng.randrange(0, 200),
+            exclude={f"p{rng.randrange(0, 40):02d}"},
+            constraints=constraints,
+            now_ms=NOW,
+        )
+        draw = rng.random()
+        got = choose_load_target(instances, rng=random.Random(draw), **kw)
+        want = _reference_choose_load_target(instances, rng=random.Random(draw), **kw)
+        assert got == want

@@ -27,6 +27,7 @@ FULL_MODEL = ModelRecord(
     max_copies=3,
     registered_at=7,
     size=4096,
+    size_override=8192,
     owner="team-a",
 )
 FULL_INSTANCE = InstanceRecord(
