@@ -42,6 +42,7 @@ from mesh.local.cache import CacheEntry, EntryState, LocalCache
 from mesh.local.runtime_client import RuntimeClient, RuntimeInfo
 from mesh.metrics import MeshMetrics
 from mesh.tasks import TaskSupervisor
+from mesh.tracing import TRACING
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,8 @@ class Loader:
             started = self.clock.monotonic()
             assert entry.ready is not None
             await asyncio.shield(entry.ready)
-            self.metrics.cache_miss_seconds.observe(self.clock.monotonic() - started)
+            elapsed_ms = (self.clock.monotonic() - started) * 1000.0
+            self.metrics.observe_model(self.metrics.cache_miss_ms, elapsed_ms, entry.model_id)
         return entry
 
     async def _start_load(
@@ -160,7 +162,8 @@ class Loader:
         now = self.clock.now_ms()
         entry, victims = self.cache.reserve(model_id, size, last_used or now, now)
         entry.ready = asyncio.get_running_loop().create_future()
-        self.tasks.spawn(f"mesh:load:{model_id}", self._load(entry, spec, victims, exclusive, unreachable))
+        load = self._load(entry, spec, victims, exclusive, unreachable)
+        self.tasks.spawn(f"mesh:load:{model_id}", self._traced(load, model_id) if TRACING.enabled else load)
         self.on_change()
         return entry
 
@@ -172,6 +175,12 @@ class Loader:
         except Exception:  # a sizing hiccup must not fail the load
             predicted = None
         return predicted or spec.known_size or self.default_size
+
+    async def _traced(self, load, model_id: str) -> None:
+        """The load inside a ``mesh.load`` span (child of the request that started it: the task inherits its
+        context)."""
+        with TRACING.span("mesh.load", **{"mesh.model_id": model_id, "mesh.pod": self.instance_id}):
+            await load
 
     async def _load(
         self,
@@ -192,15 +201,29 @@ class Loader:
             else:
                 await claim
             claimed = True
+            metrics = self.metrics
+            queued = self.clock.monotonic()
             async with self._sem:
                 started = self.clock.monotonic()
+                metrics.observe_model(metrics.loading_queue_delay_ms, (started - queued) * 1000.0, model_id)
                 entry.load_started = self.clock.now_ms()
                 size = await self.runtime.load(
-                    model_id, spec.type, spec.path, spec.key, timeout_s=self.load_timeout_s
+                    model_id,
+                    spec.type,
+                    spec.path,
+                    spec.key,
+                    timeout_s=self.load_timeout_s,
+                    metadata=TRACING.outgoing() if TRACING.enabled else (),
                 )
-                self.metrics.loadmodel_seconds.observe(self.clock.monotonic() - started)
+                metrics.observe_model(
+                    metrics.loadmodel_ms, (self.clock.monotonic() - started) * 1000.0, model_id
+                )
             if not size:
+                sizing = self.clock.monotonic()
                 size = await self.runtime.model_size(model_id) or entry.size
+                metrics.observe_model(
+                    metrics.model_sizing_ms, (self.clock.monotonic() - sizing) * 1000.0, model_id
+                )
             if self.cache.get(model_id) is not entry:
                 # unregistered or purged while loading: give the memory back
                 await self._unload_runtime(model_id)
@@ -208,7 +231,7 @@ class Loader:
             more = self.cache.resize(model_id, size)
             entry.state = EntryState.ACTIVE
             entry.loaded_at = self.clock.now_ms()
-            self.metrics.loaded_model_size_bytes.observe(size)
+            self.metrics.observe_model(self.metrics.loaded_model_size, size, model_id)
             if more:
                 self.tasks.spawn(f"mesh:evict-after:{model_id}", self.evict(more, reason="space"))
             log.info("loaded %s (%d bytes) on %s", model_id, size, self.instance_id)
@@ -256,8 +279,7 @@ class Loader:
         """Unload evicted entries in the runtime (after in-flight requests drain) and release their claims."""
         now = self.clock.now_ms()
         for v in victims:
-            self.metrics.evictions.inc()
-            self.metrics.age_at_eviction_seconds.observe(max(0, now - v.last_used) / 1000)
+            self.metrics.observe_model(self.metrics.age_at_eviction_ms, max(0, now - v.last_used), v.model_id)
             log.info("evicting %s from %s (%s)", v.model_id, self.instance_id, reason)
         await asyncio.gather(*(self._unload_entry(v) for v in victims))
         self.on_change()
@@ -292,8 +314,11 @@ class Loader:
         started = self.clock.monotonic()
         try:
             await self.runtime.unload(model_id)
-            self.metrics.unloadmodel_seconds.observe(self.clock.monotonic() - started)
+            elapsed_ms = (self.clock.monotonic() - started) * 1000.0
+            self.metrics.observe_model(self.metrics.unloadmodel_ms, elapsed_ms, model_id)
         except MeshError as exc:
+            # one attempt per copy (no retries here), so every failed attempt is also a failed unload
+            self.metrics.unloadmodel_attempt_failure.inc()
             self.metrics.unloadmodel_failure.inc()
             log.warning("unload of %s failed: %s", model_id, exc.message)
 
