@@ -106,7 +106,7 @@ async def test_oversized_head_is_431_and_garbage_is_400(server):
 
 
 async def test_expect_continue_is_answered_before_the_body(server):
-    srv, api = server
+    srv, _ = server
     reader, writer = await _connect(srv)
     writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
     assert (await reader.readline()).startswith(b"HTTP/1.1 100")
