@@ -78,7 +78,8 @@ class _Tracing:
         except ImportError as exc:
             raise TracingUnavailable("MM_TRACING needs the opentelemetry-sdk package") from exc
         if mode == "console":
-            exporter: Any = ConsoleSpanExporter()
+            # one span per line (compact JSON), so lines from a pod and its runtime never interleave inside a span
+            exporter: Any = ConsoleSpanExporter(formatter=lambda span: span.to_json(indent=None) + "\n")
         else:
             try:
                 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter

@@ -32,7 +32,11 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 def check(address: str, service: str = "") -> int:
     with grpc.insecure_channel(address) as ch:
-        return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+        return (
+            health_pb2_grpc.HealthStub(ch)
+            .Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            .status
+        )
 
 
 def rest(port: int, path: str) -> tuple[int, dict]:
@@ -49,7 +53,9 @@ class Watcher:
     def __init__(self, address: str, service: str = "") -> None:
         self.statuses: list[int] = []
         self._channel = grpc.insecure_channel(address)
-        self._stream = health_pb2_grpc.HealthStub(self._channel).Watch(health_pb2.HealthCheckRequest(service=service))
+        self._stream = health_pb2_grpc.HealthStub(self._channel).Watch(
+            health_pb2.HealthCheckRequest(service=service)
+        )
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -91,7 +97,9 @@ def test_runtime_death_makes_the_pod_not_ready_until_it_is_back(etcd_server, sam
                 assert doc == {"ready": False, "reason": "model runtime is down or restarting"}
             assert check(pod.address, "liveness") == SERVING
             assert rest(pod.rest_port, "/v2/health/live") == (200, {"live": True})
-            wait_for(lambda: watch.statuses[-1] == SERVING, timeout=60, what="SERVING once the runtime is back")
+            wait_for(
+                lambda: watch.statuses[-1] == SERVING, timeout=60, what="SERVING once the runtime is back"
+            )
             assert watch.statuses == [SERVING, NOT_SERVING, SERVING]
             assert runtime_pid(pod.pid) != old
             assert rest(pod.rest_port, "/v2/health/ready") == (200, {"ready": True})
@@ -177,7 +185,9 @@ def test_the_watchdog_reports_a_wedged_loop_with_its_stack(caplog):
             assert not answered, "the loop answered while wedged"
             wait_for(lambda: dog.stalls == 1, timeout=5, interval=0.05, what="the stall to be reported")
             probe.result(5)  # the loop runs again and answers
-            wait_for(lambda: "event loop runs again" in caplog.text, timeout=5, interval=0.05, what="recovery log")
+            wait_for(
+                lambda: "event loop runs again" in caplog.text, timeout=5, interval=0.05, what="recovery log"
+            )
         assert "stuck_handler" in caplog.text  # the stack names what blocked the loop
         assert metrics.event_loop_stalls._value.get() == 1
     finally:

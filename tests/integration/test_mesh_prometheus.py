@@ -32,8 +32,12 @@ def _infer(client, sample) -> float:
 
 def _rest_infer(port: int, sample) -> float:
     inp = sample["input"]
-    body = json.dumps({"inputs": [{"name": inp["name"], "shape": inp["shape"], "datatype": "FP32", "data": inp["data"]}]})
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/{sample['id']}/infer", data=body.encode())
+    body = json.dumps(
+        {"inputs": [{"name": inp["name"], "shape": inp["shape"], "datatype": "FP32", "data": inp["data"]}]}
+    )
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v2/models/{sample['id']}/infer", data=body.encode()
+    )
     started = time.perf_counter()
     with urllib.request.urlopen(req, timeout=60) as resp:
         assert resp.status == 200
@@ -80,10 +84,19 @@ def test_prometheus_scrapes_modelmesh_metrics_that_match_the_traffic(etcd_server
             wait_for(equals("sum(modelmesh_models_managed_total)", 3), timeout=30, what="3 managed models")
             assert prom.value("count(modelmesh_models_managed_total)") == 1
             wait_for(equals("sum(modelmesh_models_loaded_total)", 2), timeout=30, what="2 loaded models")
-            wait_for(equals("sum(modelmesh_models_with_failure_total)", 1), timeout=30, what="1 model with failures")
+            wait_for(
+                equals("sum(modelmesh_models_with_failure_total)", 1),
+                timeout=30,
+                what="1 model with failures",
+            )
             # every inference request was sized; the runtime was invoked at least once per OK request
-            assert prom.value('sum(modelmesh_request_size_bytes_count{method="ModelInfer"})') == 39  # + the broken one
-            assert prom.value('sum(modelmesh_invoke_model_milliseconds_count{method="ModelInfer",code="OK"})') == 35
+            assert (
+                prom.value('sum(modelmesh_request_size_bytes_count{method="ModelInfer"})') == 39
+            )  # + the broken one
+            assert (
+                prom.value('sum(modelmesh_invoke_model_milliseconds_count{method="ModelInfer",code="OK"})')
+                == 35
+            )
             # the median request time lies in (0, the bucket bound above the slowest time the client saw]
             p50 = prom.value(
                 'histogram_quantile(0.5, sum by (le) (modelmesh_api_request_milliseconds_bucket{code="OK"}))'

@@ -58,8 +58,13 @@ class PrometheusServer:
         config.write_text(
             json.dumps(  # YAML is a superset of JSON
                 {
-                    "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval},
-                    "scrape_configs": [{"job_name": "modelmesh", "static_configs": [{"targets": self.targets}]}],
+                    "global": {
+                        "scrape_interval": self.scrape_interval,
+                        "evaluation_interval": self.scrape_interval,
+                    },
+                    "scrape_configs": [
+                        {"job_name": "modelmesh", "static_configs": [{"targets": self.targets}]}
+                    ],
                 }
             )
         )
@@ -71,7 +76,7 @@ class PrometheusServer:
             f"--web.listen-address=127.0.0.1:{self.port}",
             "--log.level=warn",
         ]
-        self.log = open(self.dir / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.log = open(self.dir / "prometheus.log", "wb")
         self.proc = subprocess.Popen(with_parent_death_signal(cmd), stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while True:
