@@ -145,7 +145,7 @@ def test_one_trace_across_pods_and_into_the_runtime(etcd_server, samples):  # no
             assert s["parent_id"] in ids or s["parent_id"] == "0x" + client_span, s["name"]
         by_id = {s["context"]["span_id"]: s for s in mine}
 
-        def parent_name(span):
+        def parent_name(span, by_id=by_id):
             return by_id[span["parent_id"]]["name"] if span["parent_id"] in by_id else "client"
 
         names = [s["name"] for s in mine]
