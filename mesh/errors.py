@@ -287,11 +287,6 @@ def to_http(exc: BaseException) -> tuple[int, str, str]:
     return HTTP_STATUS.get(code, 500), code.name, details
 
 
-def is_client_code(name: str) -> bool:
-    """Whether the gRPC status named ``name`` is a client mistake (logged at DEBUG, not as a failure)."""
-    return any(code.name == name for code in CLIENT_CODES)
-
-
 def error_trailer(exc: BaseException) -> tuple[tuple[str, str], ...]:
     """The ``mm-error`` trailer naming ``exc``'s class, for errors a peer can rebuild (else none)."""
     if not isinstance(exc, MeshError):
