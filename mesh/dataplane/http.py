@@ -1,8 +1,8 @@
 """HttpServer: the pod's HTTP/1.1 listener for the V2 REST API, an ``asyncio.Protocol`` on the pod's event loop.
 
 Chosen by measurement (docs/benchmarks.md "REST listener: library choice", ``loadtests/http_servers.py``):
-the same handler cost 13-29 µs of server CPU per request here, against 77-139 µs under aiohttp and 55-88 µs
-under uvicorn, and the pod's event loop is the one core the whole data plane shares. Parsing is ``httptools``
+with the same handler it used about a fifth of aiohttp's server CPU per request and a third of uvicorn's, and
+the pod's event loop is the one core the whole data plane shares. Parsing is ``httptools``
 (llhttp, Node.js's parser); this module owns only connection handling, and bounds all of it:
 
 - **body**: at most ``max_body`` bytes (the gRPC max message size). A larger ``Content-Length`` is refused
