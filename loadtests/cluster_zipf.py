@@ -19,7 +19,7 @@ pod's cache changes just before its record does, so a request racing an eviction
 misclassified; the pods' own counters are therefore reported beside it for the measured phase:
 ``modelmesh_requests_routed_total`` by route at each ingress pod (forward / load / forward-load; local hits
 are not counted by the pod, so pod-side hits = requests sent to that pod minus those), loads
-(``modelmesh_loadmodel_seconds_count``), evictions, models held, etcd writes by family. etcd writes are
+(``modelmesh_loadmodel_milliseconds_count``), evictions, models held, etcd writes by family. etcd writes are
 counted exactly as the etcd store revision before and after the measured phase (each put, delete or txn
 that changes something adds one revision; the client's watch and reads add none).
 
@@ -232,20 +232,20 @@ def metric_by(m: dict, name: str, label: str) -> dict[str, float]:
 
 def pod_counters(m: dict) -> dict[str, Any]:
     return {
-        "loads": metric(m, "modelmesh_loadmodel_seconds_count"),
-        "load_s_sum": metric(m, "modelmesh_loadmodel_seconds_sum"),
-        "cache_misses": metric(m, "modelmesh_cache_miss_seconds_count"),
-        "cache_miss_s_sum": metric(m, "modelmesh_cache_miss_seconds_sum"),
+        "loads": metric(m, "modelmesh_loadmodel_milliseconds_count"),
+        "load_ms_sum": metric(m, "modelmesh_loadmodel_milliseconds_sum"),
+        "cache_misses": metric(m, "modelmesh_cache_miss_milliseconds_count"),
+        "cache_miss_ms_sum": metric(m, "modelmesh_cache_miss_milliseconds_sum"),
         "load_failures": metric(m, "modelmesh_loadmodel_failure_total"),
-        "evictions": metric(m, "modelmesh_evictions_total"),
-        "unloads": metric(m, "modelmesh_unloadmodel_seconds_count"),
-        "evicted_age_sum_s": metric(m, "modelmesh_age_at_eviction_seconds_sum"),
+        "evictions": metric(m, "modelmesh_age_at_eviction_milliseconds_count"),
+        "unloads": metric(m, "modelmesh_unloadmodel_milliseconds_count"),
+        "evicted_age_sum_ms": metric(m, "modelmesh_age_at_eviction_milliseconds_sum"),
         "routed": metric_by(m, "modelmesh_requests_routed_total", "route"),
         "kv_writes": metric_by(m, "modelmesh_kv_writes_total", "family"),
-        "api_requests": metric(m, "modelmesh_api_request_seconds_count", method="ModelInfer"),
+        "api_requests": metric(m, "modelmesh_api_request_milliseconds_count", method="ModelInfer"),
         "api_errors": sum(
             v
-            for k, v in m.get("modelmesh_api_request_seconds_count", {}).items()
+            for k, v in m.get("modelmesh_api_request_milliseconds_count", {}).items()
             if dict(k).get("code") != "OK"
         ),
         "runtime_restarts": metric(m, "modelmesh_runtime_restarts_total"),
@@ -559,11 +559,11 @@ def build_report(r: dict[str, Any], cluster: LocalCluster, args: argparse.Namesp
                 "served_for_peers": int(m["api_requests"] - (c["requests"] + c["errors"])),
                 "loads": int(m["loads"]),
                 "evictions": int(m["evictions"]),
-                "mean_idle_at_eviction_s": round(m["evicted_age_sum_s"] / m["evictions"], 2)
+                "mean_idle_at_eviction_s": round(m["evicted_age_sum_ms"] / 1e3 / m["evictions"], 2)
                 if m["evictions"]
                 else None,
-                "mean_load_ms": round(m["load_s_sum"] / m["loads"] * 1e3, 1) if m["loads"] else None,
-                "mean_cache_miss_ms": round(m["cache_miss_s_sum"] / m["cache_misses"] * 1e3, 1)
+                "mean_load_ms": round(m["load_ms_sum"] / m["loads"], 1) if m["loads"] else None,
+                "mean_cache_miss_ms": round(m["cache_miss_ms_sum"] / m["cache_misses"], 1)
                 if m["cache_misses"]
                 else None,
                 "load_failures": int(m["load_failures"]),
@@ -588,9 +588,9 @@ def build_report(r: dict[str, Any], cluster: LocalCluster, args: argparse.Namesp
         "p99_ms": classes[0]["p99_ms"],
         "loads": int(loads),
         "loads_per_min": per_minute(loads, secs),
-        "mean_load_ms": round(sum(p["load_s_sum"] for p in pods) / loads * 1e3, 1) if loads else None,
+        "mean_load_ms": round(sum(p["load_ms_sum"] for p in pods) / loads, 1) if loads else None,
         "mean_cache_miss_ms": round(
-            sum(p["cache_miss_s_sum"] for p in pods) / max(1, sum(p["cache_misses"] for p in pods)) * 1e3, 1
+            sum(p["cache_miss_ms_sum"] for p in pods) / max(1, sum(p["cache_misses"] for p in pods)), 1
         ),
         "evictions": int(evictions),
         "evictions_per_min": per_minute(evictions, secs),

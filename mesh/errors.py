@@ -258,6 +258,35 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
 
 
+#: gRPC status -> HTTP status for the REST listener (grpc-gateway's table; CANCELLED is 499, the client
+#: closed the request). Documented in docs/operations.md "REST".
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+
+
+def to_http(exc: BaseException) -> tuple[int, str, str]:
+    """(HTTP status, gRPC status name, details) for ``exc``: ``to_status`` then the one HTTP table."""
+    code, details = to_status(exc)
+    return HTTP_STATUS.get(code, 500), code.name, details
+
+
 def error_trailer(exc: BaseException) -> tuple[tuple[str, str], ...]:
     """The ``mm-error`` trailer naming ``exc``'s class, for errors a peer can rebuild (else none)."""
     if not isinstance(exc, MeshError):

@@ -1,20 +1,30 @@
-"""Pod health for Kubernetes: what the pod reports on ``grpc.health.v1``, and the probe that asks it.
+"""Health of a pod: readiness ("can serve now") and liveness ("the process is not wedged"), told truthfully.
 
-Owns the two health services of the external port and the rule that sets them:
+**Readiness** (gRPC ``grpc.health.v1`` service ``""`` and the served service names, V2 ``ServerReady``,
+REST ``GET /v2/health/ready``) is SERVING only while all of these hold:
 
-- ``""`` (readiness, the service ModelMesh clients and Kubernetes' gRPC readiness probe ask): SERVING while
-  the pod can serve: start-up finished, not shutting down, the runtime up, and etcd reachable or lost for
-  less than ``ready_etcd_grace_s``. The grace keeps a short etcd blip from emptying a Service of endpoints
-  while loaded models still serve (DESIGN §5); after it, traffic goes to pods that still see the cluster.
-- ``"liveness"``: SERVING from the moment the server listens until the process ends. Its only question is
-  "does the event loop still answer", so a pod that lost etcd or its runtime is not restarted for it (a
-  restart would not bring either back, and would drop the models this pod still serves).
+1. start-up finished and the pod is not shutting down (SIGTERM turns it off first, before the drain);
+2. the runtime is up: not between its death and the READY answer of its restarted process
+   (``LocalRuntime.on_lost`` / ``on_back``), when every local copy is gone and loads are refused;
+3. etcd is reachable, or has been unreachable for less than ``etcd_grace_s`` (``MM_ETCD_UNHEALTHY_GRACE_S``):
+   the lease session and the registry watch both report their health; a short etcd blip does not take every pod
+   out of its Service at once, a long outage does (placement, loads and management need etcd).
 
-``PodHealth.run`` re-evaluates the rule every second from a ``PodState`` snapshot the pod provides (the pod
-stays the owner of its state; this module only reads it) and writes a status only when it changes.
+``PodHealth.refresh`` re-evaluates and pushes changes to the gRPC health servicer; the pod calls it when the
+runtime dies or returns and every ``interval_s`` (the etcd grace is a matter of time). Every transition is
+logged with its reason, and ``modelmesh_ready`` follows it.
 
-Also the client side, for places where Kubernetes' own gRPC probe cannot go (TLS: the kubelet's gRPC probe
-is plaintext only) and for the runtime container's preStop hook:
+**Liveness** (gRPC health service ``liveness``, V2 ``ServerLive``, REST ``GET /v2/health/live``) is answered by
+the pod's event loop itself, so it fails exactly when the loop cannot answer: the process is *wedged* when its
+event loop does not run a callback within ``stall_s`` (``MM_LIVENESS_STALL_S``): a handler blocking the loop
+(a synchronous call, a CPU-bound loop, a deadlock on a thread lock), or the process stopped. Nothing else
+makes a pod not live: an etcd outage, a dead runtime or a shutdown only make it not *ready*, so Kubernetes
+never restarts a pod for a fault a restart would not fix. ``LoopWatchdog``, a daemon thread, measures the
+loop's lag; when a stall passes ``stall_s`` it logs the loop thread's stack once (what is blocking it) and
+counts ``modelmesh_event_loop_stalls_total``.
+
+**The probe** (client side), for places where Kubernetes' own gRPC probe cannot go (TLS: the kubelet's gRPC
+probe is plaintext only) and for the runtime container's preStop hook:
 
     python -m mesh.health check --address 127.0.0.1:8033 [--service liveness] [--tls-ca F --server-name N]
     python -m mesh.health wait-stopped --address 127.0.0.1:8033 --timeout 115
@@ -30,81 +40,155 @@ import asyncio
 import logging
 import socket
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import traceback
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from mesh.clock import SYSTEM_CLOCK, Clock
+from mesh.metrics import MeshMetrics
 
 log = logging.getLogger(__name__)
 
-READINESS_SERVICE = ""
-LIVENESS_SERVICE = "liveness"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-CHECK_INTERVAL_S = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class PodState:
-    """What readiness depends on, as the pod sees it at one moment."""
-
-    started: bool
-    shutting_down: bool
-    runtime_up: bool
-    kv_healthy: bool
-
-
-class ReadinessRule:
-    """The readiness rule (pure apart from remembering since when etcd has been lost)."""
-
-    def __init__(self, kv_grace_s: float) -> None:
-        self.kv_grace_s = kv_grace_s
-        self._kv_lost_since: float | None = None
-
-    def ready(self, state: PodState, now: float) -> bool:
-        if state.kv_healthy:
-            self._kv_lost_since = None
-        elif self._kv_lost_since is None:
-            self._kv_lost_since = now
-        kv_ok = self._kv_lost_since is None or now - self._kv_lost_since < self.kv_grace_s
-        return state.started and not state.shutting_down and state.runtime_up and kv_ok
+LIVENESS_SERVICE = "liveness"
+READINESS_SERVICE = ""
 
 
 class PodHealth:
-    """Sets the readiness and liveness services of a ``grpc.health.v1`` servicer."""
+    def __init__(
+        self,
+        *,
+        servicer: health.aio.HealthServicer,
+        services: Iterable[str],
+        runtime_up: Callable[[], bool],
+        kv_healthy: Callable[[], bool],
+        etcd_grace_s: float,
+        metrics: MeshMetrics,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.servicer = servicer
+        self.services = ("", *services)
+        self.runtime_up = runtime_up
+        self.kv_healthy = kv_healthy
+        self.etcd_grace_s = etcd_grace_s
+        self.metrics = metrics
+        self.clock = clock
+        self.started = False
+        self.shutting_down = False
+        self._kv_down_since: float | None = None
+        self._published: bool | None = None
+        self.reason = "starting"
 
-    def __init__(self, servicer, *, kv_grace_s: float, clock: Clock = SYSTEM_CLOCK) -> None:
-        self._servicer = servicer
-        self._rule = ReadinessRule(kv_grace_s)
-        self._clock = clock
-        self._ready: bool | None = None
+    def evaluate(self) -> tuple[bool, str]:
+        """(ready, why not): the readiness rules of the module docstring, now."""
+        kv_ok = self.kv_healthy()
+        now = self.clock.monotonic()
+        if kv_ok:
+            self._kv_down_since = None
+        elif self._kv_down_since is None:
+            self._kv_down_since = now
+        if self.shutting_down:
+            return False, "shutting down"
+        if not self.started:
+            return False, "starting"
+        if not self.runtime_up():
+            return False, "model runtime is down or restarting"
+        if self._kv_down_since is not None and now - self._kv_down_since >= self.etcd_grace_s:
+            return False, f"etcd unreachable for {now - self._kv_down_since:.0f}s"
+        return True, ""
 
-    async def listening(self) -> None:
-        """The server accepts calls: alive, not ready yet."""
-        await self._servicer.set(LIVENESS_SERVICE, SERVING)
-        await self._set_ready(False)
+    def ready(self) -> bool:
+        return self.evaluate()[0]
 
-    async def update(self, state: PodState) -> bool:
-        ready = self._rule.ready(state, self._clock.monotonic())
-        await self._set_ready(ready)
+    async def refresh(self) -> bool:
+        ready, reason = self.evaluate()
+        self.reason = reason
+        if ready != self._published:
+            if self._published is not None:
+                if ready:
+                    log.info("pod is ready")
+                else:
+                    log.warning("pod is not ready: %s", reason)
+            self._published = ready
+            self.metrics.ready.set(1 if ready else 0)
+            status = SERVING if ready else NOT_SERVING
+            for service in self.services:
+                await self.servicer.set(service, status)
         return ready
 
-    async def run(self, snapshot: Callable[[], PodState], interval_s: float = CHECK_INTERVAL_S) -> None:
-        while True:
-            await self.update(snapshot())
-            await asyncio.sleep(interval_s)
+    async def start(self) -> None:
+        """Publish NOT_SERVING (readiness) and SERVING (liveness: the loop answers) before the server starts."""
+        await self.servicer.set(LIVENESS_SERVICE, SERVING)
+        await self.refresh()
 
-    async def _set_ready(self, ready: bool) -> None:
-        if ready != self._ready:
-            if self._ready is not None:
-                log.info("readiness: %s", "SERVING" if ready else "NOT_SERVING")
-            self._ready = ready
-            await self._servicer.set(READINESS_SERVICE, SERVING if ready else NOT_SERVING)
+
+class LoopWatchdog:
+    """Measures the event loop's lag from a daemon thread (see the module docstring)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        stall_s: float,
+        metrics: MeshMetrics,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.loop = loop
+        self.stall_s = stall_s
+        self.metrics = metrics
+        self.clock = clock
+        self.period_s = max(0.05, min(1.0, stall_s / 4))
+        self.last_beat = clock.monotonic()
+        self.stalls = 0
+        self._stalled = False
+        self._stop = threading.Event()
+        self._loop_thread = threading.get_ident()  # built on the loop's thread
+        self._thread = threading.Thread(target=self._run, name="mesh-loop-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def lag_s(self) -> float:
+        return max(0.0, self.clock.monotonic() - self.last_beat)
+
+    def _beat(self) -> None:
+        self.last_beat = self.clock.monotonic()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            try:
+                self.loop.call_soon_threadsafe(self._beat)
+            except RuntimeError:  # the loop is closed: the process is ending
+                return
+            lag = self.lag_s() - self.period_s
+            if lag > self.stall_s and not self._stalled:
+                self._stalled = True
+                self.stalls += 1
+                self.metrics.event_loop_stalls.inc()
+                frame = sys._current_frames().get(self._loop_thread)
+                stack = "".join(traceback.format_stack(frame)) if frame is not None else "(no stack)"
+                log.error(
+                    "event loop stalled for %.1fs (liveness limit %.1fs); it is running:\n%s",
+                    lag,
+                    self.stall_s,
+                    stack,
+                )
+            elif lag <= self.stall_s and self._stalled:
+                self._stalled = False
+                log.warning("event loop runs again")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Runtime reachability and the probe (client side)
 
 
 def channel_up(channel: grpc.aio.Channel, previous: bool) -> bool:

@@ -49,11 +49,14 @@ from mesh.cluster.reservations import Reservations
 from mesh.cluster.scaling import CopyScaler
 from mesh.cluster.view import ViewHolder
 from mesh.cluster.vmodels import VModels
+from mesh.dataplane.http import HttpServer
+from mesh.dataplane.observe import RequestObserver
 from mesh.dataplane.peer_auth import PeerAuth
+from mesh.dataplane.rest import RestApi
 from mesh.dataplane.router import Router
 from mesh.dataplane.server import InferenceHandler, add_health
 from mesh.errors import MeshError
-from mesh.health import PodHealth, PodState, channel_up
+from mesh.health import LoopWatchdog, PodHealth, channel_up
 from mesh.ids import check_id, default_instance_id
 from mesh.kv.client import EtcdTls, KvClient
 from mesh.kv.election import Election
@@ -66,11 +69,12 @@ from mesh.local.eviction import make_policy
 from mesh.local.loader import Loader
 from mesh.local.runtime import LocalRuntime
 from mesh.local.stats import RequestStats
-from mesh.metrics import MeshMetrics
+from mesh.logs import add_log_fields, configure_logging
+from mesh.metrics import ClusterTotals, InstanceStats, MeshMetrics
 from mesh.peers import PeerClient
-from mesh.redact import install_log_redaction
 from mesh.settings import MeshSettings, add_arguments, load_settings
 from mesh.tasks import TaskSupervisor
+from mesh.tracing import TRACING, TracingUnavailable
 from protos.meshadmin import admin_pb2_grpc
 
 log = logging.getLogger("mesh.pod")
@@ -86,13 +90,17 @@ class Pod:
             settings.instance_id or default_instance_id(settings.hostname), what="instance id"
         )
         self.keys = Keys.for_root(settings.kv_root)
-        self.metrics = metrics or MeshMetrics()
+        self.metrics = metrics or MeshMetrics(
+            per_model=settings.per_model_metrics, per_model_cap=settings.per_model_metrics_max
+        )
         self.tasks = TaskSupervisor(on_restart=lambda name: self.metrics.task_restarts.labels(name).inc())
         self.stats = RequestStats(window_s=6 * settings.stats_tick_s, tick_s=settings.stats_tick_s)
         self.start_time = clock.now_ms()
         self.shutting_down = False
-        self.ready = False
         self.rng = random.Random()
+        self.http: HttpServer | None = None
+        self._instance_stats: InstanceStats | None = None
+        self._totals: tuple[float, ClusterTotals] | None = None  # (computed at, totals): leader only
 
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
@@ -102,7 +110,7 @@ class Pod:
             spi_address=s.runtime_address,
             serving_address=s.serving,
             command=shlex.split(s.runtime_cmd) if s.runtime_cmd else None,
-            env={**os.environ, **s.runtime_env} if s.runtime_env else None,
+            env=self._runtime_env(),
             startup_timeout_s=s.runtime_startup_timeout_s,
             max_message_bytes=s.max_message_bytes,
             on_restart=self.metrics.runtime_restarts.inc,
@@ -126,14 +134,13 @@ class Pod:
         await self._start_leader_work()
         self._start_local_work()
         await self._start_server()
-        self.metrics.serve(s.metrics_port, addr="127.0.0.1" if s.host.startswith("127.") else "0.0.0.0")
-        self.ready = True
-        self._runtime_reachable = True
-        self.tasks.supervise("mesh:health", lambda: self.pod_health.run(self._health_state))
+        await self._start_ops()
         log.info(
-            "pod %s serving on %s (runtime %s, capacity %d bytes)",
+            "pod %s serving on %s (REST %s, metrics %s, runtime %s, capacity %d bytes)",
             self.instance_id,
             s.advertised,
+            f"{s.host}:{self.http.port}" if self.http else "off",
+            f"{s.host}:{s.metrics_port}" if s.metrics_port else "off",
             s.runtime_address,
             self.cache.capacity,
         )
@@ -343,15 +350,23 @@ class Pod:
             clock=self.clock,
         )
         admin_pb2_grpc.add_MeshAdminServicer_to_server(admin, self.server)
-        self.health = add_health(self.server)
-        self.pod_health = PodHealth(self.health, kv_grace_s=s.ready_etcd_grace_s)
-        await self.pod_health.listening()
+        self.health = PodHealth(
+            servicer=add_health(self.server),
+            services=("mmesh.ModelMesh", "inference.GRPCInferenceService"),
+            runtime_up=self._runtime_up,
+            kv_healthy=self.kv_healthy,
+            etcd_grace_s=s.etcd_unhealthy_grace_s,
+            metrics=self.metrics,
+            clock=self.clock,
+        )
+        await self.health.start()
+        self.observer = RequestObserver(self.metrics, pod=self.instance_id, log_requests=s.log_requests)
         self.server.add_generic_rpc_handlers(
             (
                 InferenceHandler(
                     self.router,
-                    self.metrics,
-                    lambda: self.ready and not self.shutting_down,
+                    self.observer,
+                    self.health.ready,
                     __version__,
                     known_methods=lambda: self.runtime.link.declared_methods if self.runtime.link else (),
                     clock=self.clock,
@@ -369,20 +384,82 @@ class Pod:
         await self.server.start()
         self.vmodels.start(lambda: self.election.is_leader)
 
+    # ------------------------------------------------------------------ REST, metrics, health (issue 10)
+    async def _start_ops(self) -> None:
+        """REST listener, metrics endpoint, loop watchdog, periodic health; then readiness goes SERVING."""
+        s = self.settings
+        if s.rest_port:
+            api = RestApi(
+                self.router, self.observer, ready=self.health.evaluate, version=__version__, clock=self.clock
+            )
+            self.http = HttpServer(
+                api,
+                max_body=s.max_message_bytes,
+                read_timeout_s=s.rest_read_timeout_s,
+                idle_timeout_s=s.rest_idle_timeout_s,
+                max_connections=s.rest_max_connections,
+            )
+            await self.http.start(s.host, s.rest_port)
+        self.metrics.bind_state(
+            instance=lambda: self._instance_stats, cluster=self._cluster_totals, now_ms=self.clock.now_ms
+        )
+        self._local_change()
+        self.metrics.serve(s.metrics_port, addr="127.0.0.1" if s.host.startswith("127.") else "0.0.0.0")
+        self.watchdog = LoopWatchdog(
+            asyncio.get_running_loop(), stall_s=s.liveness_stall_s, metrics=self.metrics, clock=self.clock
+        )
+        self.watchdog.start()
+        self.ready = True
+        self._runtime_reachable = True
+        self.health.started = True
+        await self.health.refresh()
+        self.tasks.every("mesh:health", s.health_check_interval_s, self._health_tick)
+
+    async def _health_tick(self) -> None:
+        self._local_change(publish=False)  # the LRU copy's last use moves without a load or an eviction
+        await self.health.refresh()
+
+    def _cluster_totals(self) -> ClusterTotals | None:
+        """ModelMesh's cluster-wide gauges, on the leader only; computed from the immutable view at most every
+        5 s (this runs on the metrics server's thread)."""
+        if not self.election.is_leader:
+            return None
+        now = self.clock.monotonic()
+        cached = self._totals
+        if cached is not None and now - cached[0] < 5.0:
+            return cached[1]
+        now_ms, expiry = self.clock.now_ms(), self.settings.load_failure_expiry_ms
+        loaded = failed = managed = 0
+        for rec in self.views.current.models.values():
+            managed += 1
+            loaded += 1 if rec.loaded else 0
+            failed += 1 if rec.recent_failures(now_ms, expiry) else 0
+        totals = ClusterTotals(loaded=loaded, with_failure=failed, managed=managed)
+        self._totals = (now, totals)
+        return totals
+
+    def _runtime_env(self) -> dict[str, str] | None:
+        """The runtime inherits the pod's environment, plus its storage config and the pod's tracing and log
+        format when those were set by flag or config file rather than by environment."""
+        s = self.settings
+        extra = {**s.runtime_env}
+        if s.tracing != "off":
+            extra.update(MM_TRACING=s.tracing, MM_TRACING_ENDPOINT=s.tracing_endpoint)
+        if s.log_format != "text":
+            extra["MM_LOG_FORMAT"] = s.log_format
+        return {**os.environ, **extra} if extra else None
+
     # ------------------------------------------------------------------ wiring callbacks
     def kv_healthy(self) -> bool:
         return self.session.healthy and self.registry_table.healthy
 
-    def _health_state(self) -> PodState:
-        """Readiness inputs for mesh.health (probes): the runtime counts as down while this pod knows it
-        exited, or while its channel cannot connect (a runtime container Kubernetes restarts)."""
+    def _runtime_up(self) -> bool:
+        """Readiness input: the runtime is up unless this pod knows it exited (and it is not back yet), or its
+        channel cannot connect (a runtime container beside the pod that Kubernetes is restarting)."""
+        if self.runtime.link is None or not self.loader.runtime_ready:
+            return False
         self._runtime_reachable = channel_up(self.runtime.client.channel, self._runtime_reachable)
-        return PodState(
-            started=self.ready,
-            shutting_down=self.shutting_down,
-            runtime_up=self.loader.runtime_ready and self._runtime_reachable,
-            kv_healthy=self.kv_healthy(),
-        )
+        return self._runtime_reachable
 
     def _instance_record(self) -> InstanceRecord:
         s = self.settings
@@ -404,14 +481,12 @@ class Pod:
             shutting_down=self.shutting_down,
         )
 
-    def _local_change(self) -> None:
-        m = self.metrics
-        m.instance_capacity_bytes.set(self.cache.capacity)
-        m.instance_used_bytes.set(self.cache.used)
-        m.instance_models_total.set(len(self.cache))
-        oldest = self.cache.oldest_last_used()
-        m.instance_lru_age_seconds.set(max(0, self.clock.now_ms() - oldest) / 1000 if oldest else 0)
-        if hasattr(self, "publisher"):
+    def _local_change(self, publish: bool = True) -> None:
+        cache = self.cache
+        self._instance_stats = InstanceStats(
+            capacity=cache.capacity, used=cache.used, models=len(cache), lru_ms=cache.oldest_last_used() or 0
+        )
+        if publish and hasattr(self, "publisher"):
             self.publisher.poke()
 
     def _on_record_change(self, model_id: str, old: ModelRecord | None, new: ModelRecord | None) -> None:
@@ -438,7 +513,9 @@ class Pod:
 
     async def _runtime_lost(self) -> None:
         """The runtime died: every local copy is gone from the cache and, as far as etcd answers, the registry."""
-        for entry in self.loader.runtime_lost():
+        lost = self.loader.runtime_lost()
+        await self.health.refresh()  # not ready until the restarted runtime answers READY
+        for entry in lost:
             with contextlib.suppress(MeshError):
                 await self.registry.remove_copy(entry.model_id, self.instance_id, entry.last_used)
 
@@ -446,6 +523,7 @@ class Pod:
         self.info = info
         self.loader.set_runtime_info(info)
         self.loader.runtime_ready = True
+        self.tasks.spawn("mesh:health-refresh", self.health.refresh())
 
     async def _scale_copies(self) -> None:
         """Copy scaling needs etcd for every copy it adds or removes: skip the check while etcd is lost, rather
@@ -461,13 +539,18 @@ class Pod:
         s = self.settings
         deadline = self.clock.monotonic() + max(2.0, s.shutdown_timeout_s - 5)
         self.shutting_down = True
+        self.health.shutting_down = True
         with contextlib.suppress(Exception):
-            await self.pod_health.update(self._health_state())  # NOT_SERVING at once
+            await self.health.refresh()
         self.loader.accepting = False
         with contextlib.suppress(Exception):
             await self.publisher.publish(force=True)
         await self.drain.run(deadline)
+        if self.http is not None:
+            await self.http.stop(grace_s=min(5.0, max(0.5, deadline - self.clock.monotonic())))
         await self.server.stop(grace=min(5.0, max(0.5, deadline - self.clock.monotonic())))
+        if getattr(self, "watchdog", None) is not None:
+            self.watchdog.stop()
         with contextlib.suppress(Exception):
             await self.election.resign()
         await self.tasks.close()
@@ -493,17 +576,9 @@ class Pod:
             await kv.close()
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    install_log_redaction()  # no credential in a log line, whoever wrote it
-
-
 async def serve(settings: MeshSettings) -> None:
     pod = Pod(settings)
+    add_log_fields({"pod": pod.instance_id})
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -521,12 +596,19 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     settings = load_settings(args)
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        TRACING.configure(settings.tracing, service="modelmesh-py", endpoint=settings.tracing_endpoint)
+    except TracingUnavailable as exc:
+        log.error("%s", exc)
+        return 1
     try:
         asyncio.run(serve(settings))
     except MeshError as exc:
         log.error("pod failed: %s", exc.message)
         return 1
+    finally:
+        TRACING.shutdown()  # flush spans still buffered
     return 0
 
 

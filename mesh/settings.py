@@ -166,12 +166,59 @@ class MeshSettings:
     publish_interval_s: float = _opt(5.0, "MM_PUBLISH_INTERVAL_S", "Instance-record check period (batched).")
     request_timeout_s: float = _opt(60.0, "MM_REQUEST_TIMEOUT_S", "Default deadline of a routed request.")
     shutdown_timeout_s: float = _opt(30.0, "SHUTDOWN_TIMEOUT_S", "Graceful shutdown budget (SIGTERM).")
-    ready_etcd_grace_s: float = _opt(
-        30.0,
-        "MM_READY_ETCD_GRACE_S",
-        "Readiness (grpc.health.v1 service '') turns NOT_SERVING once etcd has been lost this long.",
-    )
     log_level: str = _opt("INFO", "MM_LOG_LEVEL", "Logging level.")
+    # --- REST, metrics, health, logs (issue 10)
+    rest_port: int = _opt(
+        8008, "MM_REST_PORT", "KServe V2 REST (JSON) listener port, bound on the gRPC host (0 disables)."
+    )
+    rest_read_timeout_s: float = _opt(
+        30.0, "MM_REST_READ_TIMEOUT_S", "A REST request (head and body) must arrive within this (else 408)."
+    )
+    rest_idle_timeout_s: float = _opt(
+        60.0, "MM_REST_IDLE_TIMEOUT_S", "Idle keep-alive REST connections are closed after this."
+    )
+    rest_max_connections: int = _opt(
+        1000, "MM_REST_MAX_CONNECTIONS", "Open REST connections at most; more are answered 503 and closed."
+    )
+    per_model_metrics: bool = _opt(
+        False,
+        "MM_PER_MODEL_METRICS",
+        "Label request and model metrics with modelId/vModelId (ModelMesh's per_model_metrics).",
+    )
+    per_model_metrics_max: int = _opt(
+        100,
+        "MM_PER_MODEL_METRICS_MAX",
+        "Distinct model ids with their own metric label value; later ids share the value '__other__'.",
+    )
+    etcd_unhealthy_grace_s: float = _opt(
+        30.0, "MM_ETCD_UNHEALTHY_GRACE_S", "Readiness goes NOT_SERVING once etcd is unreachable this long."
+    )
+    liveness_stall_s: float = _opt(
+        10.0,
+        "MM_LIVENESS_STALL_S",
+        "An event-loop stall this long means wedged: logged with the loop's stack and counted; liveness "
+        "probes get no answer while it lasts.",
+    )
+    health_check_interval_s: float = _opt(
+        1.0, "MM_HEALTH_CHECK_INTERVAL_S", "Period of the readiness re-evaluation."
+    )
+    log_format: str = _opt("text", "MM_LOG_FORMAT", "Log lines as text or json (one object per line).")
+    log_requests: bool = _opt(
+        False,
+        "MM_LOG_REQUESTS",
+        "One INFO line per inference request (model, vModel, pod, route, method, status, duration).",
+    )
+    tracing: str = _opt(
+        "off",
+        "MM_TRACING",
+        "OpenTelemetry spans: off, console (JSON on stderr) or otlp (needs opentelemetry-sdk; otlp also "
+        "opentelemetry-exporter-otlp-proto-grpc).",
+    )
+    tracing_endpoint: str = _opt(
+        "",
+        "MM_TRACING_ENDPOINT",
+        "OTLP/gRPC collector endpoint for MM_TRACING=otlp (default: the exporter's).",
+    )
 
     @property
     def serving(self) -> str:

@@ -33,6 +33,7 @@ import grpc
 from mesh.boundary import ErrorBoundary
 from mesh.errors import MeshError, ModelLoadFailed
 from mesh.ids import check_id
+from mesh.tracing import TRACING
 from protos.mmesh import model_runtime_pb2 as pb
 from puller.confine import Root, resolve_beneath
 from puller.errors import PullError
@@ -144,6 +145,14 @@ class ModelRuntimeServicer:
         return self.adapter.canonical_type(request.modelType or type_from_model_key(request.modelKey))
 
     async def load_model(self, request: pb.LoadModelRequest, context: Any) -> pb.LoadModelResponse:
+        if TRACING.enabled:  # a child of the pod's mesh.load span (its traceparent came with the call)
+            with TRACING.server_span(
+                "runtime.loadModel", context.invocation_metadata(), **{"mesh.model_id": request.modelId}
+            ):
+                return await self._load_model(request)
+        return await self._load_model(request)
+
+    async def _load_model(self, request: pb.LoadModelRequest) -> pb.LoadModelResponse:
         model_id = check_id(request.modelId)
         check_field_sizes(request)
         model_type = self._model_type(request)  # INVALID_ARGUMENT before anything is pulled
@@ -171,7 +180,14 @@ class ModelRuntimeServicer:
 
     async def _pull_and_load(self, model_id: str, model_type: str, request: pb.LoadModelRequest) -> int:
         started = self.clock()
-        artifact = await self.puller.pull(model_id, request.modelPath, request.modelKey, model_type)
+        if TRACING.enabled:
+            with TRACING.span(
+                "runtime.pull", **{"mesh.model_id": model_id, "mesh.model_type": model_type}
+            ) as span:
+                artifact = await self.puller.pull(model_id, request.modelPath, request.modelKey, model_type)
+                span.set_attribute("mesh.disk_bytes", artifact.disk_size_bytes)
+        else:
+            artifact = await self.puller.pull(model_id, request.modelPath, request.modelKey, model_type)
         pulled = self.clock()
         log.debug("pulled %s to %s (%d bytes)", model_id, artifact.path, artifact.disk_size_bytes)
         size = await self.adapter.load(model_id, model_type, artifact, request.modelKey)
@@ -301,6 +317,8 @@ async def start_server(
     server = grpc.aio.server(
         options=options, interceptors=[ErrorBoundary(logging.getLogger("runtime_adapters.rpc"))]
     )
+    if settings.tracing != "off" and not TRACING.enabled:
+        TRACING.configure(settings.tracing, service="modelmesh-runtime", endpoint=settings.tracing_endpoint)
     server.add_generic_rpc_handlers((servicer.generic_handler(), *adapter.serving_handlers()))
     address = f"{settings.host}:{settings.port}"
     if settings.tls_cert and settings.tls_key:

@@ -83,6 +83,16 @@ class RuntimeSettings:
     tls_key: Path | None = None
     """Server private key (PEM)."""
 
+    tracing: str = "off"
+    """OpenTelemetry spans of SPI/inference calls and pulls: off, console or otlp (needs the SDK; see
+    mesh/tracing.py). Env ``MM_TRACING``, inherited from the pod that starts the runtime."""
+
+    tracing_endpoint: str = ""
+    """OTLP/gRPC endpoint for ``tracing=otlp`` (empty: the exporter's default). Env ``MM_TRACING_ENDPOINT``."""
+
+    log_format: str = "text"
+    """Log lines as text or json. Env ``MM_LOG_FORMAT``, inherited from the pod."""
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> RuntimeSettings:
         """Build from the environment; keyword overrides (CLI flags) win. ``None`` overrides are ignored."""
@@ -163,4 +173,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "limit_model_concurrency": ("LIMIT_PER_MODEL_CONCURRENCY", int),
     "runtime_version": ("RUNTIME_VERSION", str),
     "model_dir": ("ROOT_MODEL_DIR", Path),
+    "tracing": ("MM_TRACING", str),
+    "tracing_endpoint": ("MM_TRACING_ENDPOINT", str),
+    "log_format": ("MM_LOG_FORMAT", str),
 }

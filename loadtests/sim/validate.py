@@ -6,8 +6,8 @@ same (time, model, ingress pod) sequence is then
 
   1. sent, open loop at its timestamps, to a real ``LocalCluster`` (etcd + ``--pods`` mesh pods, each with a
      built-in runtime holding the ``runtime_adapters.builtin.samples --many`` sklearn models) with header
-     ``mm-model-id``; the pods' own counters are read before and after (``modelmesh_loadmodel_seconds``,
-     ``modelmesh_cache_miss_seconds``, ``modelmesh_requests_routed_total``), and the measured size of every
+     ``mm-model-id``; the pods' own counters are read before and after (``modelmesh_loadmodel_milliseconds``,
+     ``modelmesh_cache_miss_milliseconds``, ``modelmesh_requests_routed_total``), and the measured size of every
      model and the mean load time are read from the registry and the metrics;
   2. replayed through the simulator with the same pods, capacity, loading concurrency (1, the built-in
      runtime's), placement default size (the runtime's 1,000,000 bytes), the measured sizes, and the measured
@@ -175,11 +175,11 @@ def pod_totals(cluster) -> dict:
     out = {"loads": 0.0, "load_s": 0.0, "waits": 0.0, "evictions": 0.0, "routed": {}, "loads_per_pod": []}
     for p in cluster.pods:
         m = scrape(p.metrics_port)
-        out["loads_per_pod"].append(metric(m, "modelmesh_loadmodel_seconds_count"))
-        out["loads"] += metric(m, "modelmesh_loadmodel_seconds_count")
-        out["load_s"] += metric(m, "modelmesh_loadmodel_seconds_sum")
-        out["waits"] += metric(m, "modelmesh_cache_miss_seconds_count")
-        out["evictions"] += metric(m, "modelmesh_evictions_total")
+        out["loads_per_pod"].append(metric(m, "modelmesh_loadmodel_milliseconds_count"))
+        out["loads"] += metric(m, "modelmesh_loadmodel_milliseconds_count")
+        out["load_s"] += metric(m, "modelmesh_loadmodel_milliseconds_sum") / 1000
+        out["waits"] += metric(m, "modelmesh_cache_miss_milliseconds_count")
+        out["evictions"] += metric(m, "modelmesh_age_at_eviction_milliseconds_count")
         for k, v in metric_by(m, "modelmesh_requests_routed_total", "route").items():
             out["routed"][k] = out["routed"].get(k, 0.0) + v
     return out

@@ -23,10 +23,9 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from prometheus_client import Histogram
-
 from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.dataplane import headers as h
+from mesh.dataplane.observe import RequestNote
 from mesh.dataplane.peer_auth import PeerAuth
 from mesh.dataplane.ports import ColdPath, Route, RouteKind
 from mesh.dataplane.runtime_link import RuntimeLink
@@ -40,12 +39,14 @@ from mesh.errors import (
     NoPlacement,
     PeerUnavailable,
     RuntimeUnavailable,
+    to_status,
 )
 from mesh.ids import check_id
 from mesh.local.cache import CacheEntry, EntryState, LocalCache
 from mesh.local.stats import RequestStats
 from mesh.metrics import MeshMetrics
 from mesh.peers import PeerClient
+from mesh.tracing import TRACING
 from protos.inference import grpc_predict_v2_pb2 as v2
 
 if TYPE_CHECKING:
@@ -92,23 +93,38 @@ class Router:
         self.request_timeout_s = request_timeout_s
         self.clock = clock
         self.rng = rng or random.Random()
-        self._invoke_seconds: dict[str, Histogram] = {}  # method -> labelled histogram child
         routed = metrics.requests_routed
         self._routed = {kind: routed.labels(kind) for kind in ("forward", "forward-load", "load")}
 
     # ------------------------------------------------------------------ entry point
-    async def handle(self, method: str, payload: bytes, metadata, time_remaining: float | None) -> bytes:
+    async def handle(
+        self,
+        method: str,
+        payload: bytes,
+        metadata,
+        time_remaining: float | None,
+        note: RequestNote | None = None,
+    ) -> bytes:
+        """Route one request. ``note`` (when given) is filled with the model, vModel, whether a peer sent the
+        request, and the route taken, for the transport's metrics, request log and span."""
         info = h.parse_metadata(metadata)
         self.peer_auth.check(info, self.clock)
-        model_id = self.resolve_model_id(method, payload, info)
+        note = note if note is not None else RequestNote()
+        note.internal = bool(info.internal)
+        model_id, note.vmodel_id = self.resolve(method, payload, info)
+        note.model_id = model_id
         deadline = self.clock.monotonic() + (
             time_remaining if time_remaining is not None else self.request_timeout_s
         )
-        return await self._route(method, payload, model_id, info, deadline)
+        return await self._route(method, payload, model_id, info, deadline, note)
 
     def resolve_model_id(self, method: str, payload: bytes, info: h.RequestInfo) -> str:
+        return self.resolve(method, payload, info)[0]
+
+    def resolve(self, method: str, payload: bytes, info: h.RequestInfo) -> tuple[str, str]:
+        """(concrete model id, vModel id or "") of a request."""
         if info.model_id:
-            return info.model_id
+            return info.model_id, ""
         view = self.view()
         vmodel_id = info.vmodel_id
         if vmodel_id is None:
@@ -121,16 +137,22 @@ class Router:
                 )
             name = check_id(name, what="model_name")
             if view.vmodel(name) is None:
-                return name
+                return name, ""
             vmodel_id = name
         vrec = view.vmodel(vmodel_id)
         if vrec is None or not vrec.active:
             raise ModelNotFound(vmodel_id, kind="vmodel")
-        return vrec.active
+        return vrec.active, vmodel_id
 
     # ------------------------------------------------------------------ the loop
     async def _route(
-        self, method: str, payload: bytes, model_id: str, info: h.RequestInfo, deadline: float
+        self,
+        method: str,
+        payload: bytes,
+        model_id: str,
+        info: h.RequestInfo,
+        deadline: float,
+        note: RequestNote,
     ) -> bytes:
         me = self.instance_id
         exclude = set(info.exclude)
@@ -142,8 +164,10 @@ class Router:
                 if entry.last_used < last_used:
                     entry.last_used = last_used
                 entry.hits += 1  # the cost-aware eviction policy's frequency
+                if not note.route:
+                    note.route = "hit"
                 try:
-                    return await self._invoke_local(entry, method, payload, info, deadline)
+                    return await self._invoke_local(entry, method, payload, info, deadline, note)
                 except ModelNotHere:
                     await self.cold.forget_local(model_id, "runtime no longer has it")
                     continue
@@ -163,11 +187,14 @@ class Router:
             )
             if route.kind is RouteKind.LOCAL:
                 self._routed["load"].inc()
+                note.route = "load"
                 continue
             if route.kind is RouteKind.ABSENT:
+                note.route = "absent"
                 return _NOT_READY
             load = route.internal == h.INTERNAL_LOAD
-            self._routed["forward-load" if load else "forward"].inc()
+            note.route = "forward-load" if load else "forward"
+            self._routed[note.route].inc()
             try:
                 return await self._forward(
                     route, method, payload, model_id, info, exclude, last_used, deadline
@@ -181,26 +208,38 @@ class Router:
 
     # ------------------------------------------------------------------ calls
     async def _invoke_local(
-        self, entry: CacheEntry, method: str, payload: bytes, info: h.RequestInfo, deadline: float
+        self,
+        entry: CacheEntry,
+        method: str,
+        payload: bytes,
+        info: h.RequestInfo,
+        deadline: float,
+        note: RequestNote,
     ) -> bytes:
         link = self.runtime()
         if link is None:
             raise RuntimeUnavailable("model runtime is restarting")
-        hist = self._invoke_seconds.get(method)
-        if hist is None:
-            hist = self.metrics.invoke_model_seconds.labels(h.method_label(method))
-            self._invoke_seconds[method] = hist
         self.stats.record(entry.model_id)
         entry.inflight += 1
         clock = self.clock
         started = clock.monotonic()
+        code = "OK"
         try:
             return await link.call(
                 method, payload, entry.model_id, info.passthrough, _remaining(clock, deadline)
             )
+        except BaseException as exc:
+            code = to_status(exc)[0].name
+            raise
         finally:
             entry.inflight -= 1
-            hist.observe(clock.monotonic() - started)
+            self.metrics.invoke(
+                h.method_label(method),
+                code,
+                (clock.monotonic() - started) * 1000.0,
+                entry.model_id,
+                note.vmodel_id,
+            )
 
     async def _forward(
         self,
@@ -227,9 +266,21 @@ class Router:
         # a peer must still see this pod's own concurrent claim (or it would load a second copy).
         if exclude:
             md.append((h.EXCLUDE, ",".join(sorted(exclude))))
-        return await self.peers.forward(
-            route.peer, route.address, method, payload, md, _remaining(self.clock, deadline)
-        )
+        if not TRACING.enabled:
+            return await self.peers.forward(
+                route.peer, route.address, method, payload, md, _remaining(self.clock, deadline)
+            )
+        with TRACING.span(
+            "mesh.forward", client=True, **{"mesh.peer": route.peer, "mesh.internal": route.internal}
+        ):
+            return await self.peers.forward(
+                route.peer,
+                route.address,
+                method,
+                payload,
+                TRACING.outgoing(md),
+                _remaining(self.clock, deadline),
+            )
 
 
 def _remaining(clock: Clock, deadline: float) -> float:

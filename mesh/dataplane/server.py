@@ -8,6 +8,11 @@ error boundary (``mesh.boundary``) turns exceptions into statuses.
 Method names come from clients, so nothing here grows with them: handlers are cached only for the V2
 methods and the methods the runtime declares; any other name gets a fresh handler (when the runtime accepts
 any method) and the metric label ``other``.
+
+After each request the ``RequestObserver`` records metrics and the optional request log line
+(``mesh.dataplane.observe``). With tracing on (``mesh.tracing``) the handler is built with a ``mesh.route`` span
+around the router and the trace headers rewritten to name it; with tracing off the untraced handler is used and
+tracing costs nothing per request.
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ import logging
 from collections.abc import Callable, Collection
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 
 from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.dataplane.headers import V2_METHODS, V2_SERVICE, method_label
+from mesh.dataplane.observe import RequestNote, RequestObserver, trace_id_of
 from mesh.dataplane.router import Router
 from mesh.errors import Unimplemented, to_status
-from mesh.metrics import MeshMetrics
+from mesh.tracing import TRACING
 from protos.inference import grpc_predict_v2_pb2 as v2
 
 log = logging.getLogger(__name__)
@@ -41,14 +47,14 @@ class InferenceHandler(grpc.GenericRpcHandler):
     def __init__(
         self,
         router: Router,
-        metrics: MeshMetrics,
+        observer: RequestObserver,
         ready: Callable[[], bool],
         version: str,
         known_methods: Callable[[], Collection[str]] = frozenset,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.router = router
-        self.metrics = metrics
+        self.observer = observer
         self.ready = ready
         self.version = version
         self.known_methods = known_methods  # the methods the runtime declares (methodInfos)
@@ -75,31 +81,63 @@ class InferenceHandler(grpc.GenericRpcHandler):
 
     def _raw_handler(self, method: str):
         router = self.router
-        hist = self.metrics.api_request_seconds
+        observer = self.observer
         short = method_label(method)
-        ok = hist.labels(short, "OK")  # labelled child looked up once, not per request
         clock = self.clock
 
         async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             started = clock.monotonic()
-            child = ok
+            note = RequestNote()
+            code = "OK"
+            response = None
+            metadata = context.invocation_metadata()
+            if observer.log_requests:
+                note.trace_id = trace_id_of(metadata)
             try:
-                return await router.handle(
-                    method, request, context.invocation_metadata(), context.time_remaining()
-                )
-            except Exception as exc:
-                child = hist.labels(short, to_status(exc)[0].name)
+                response = await router.handle(method, request, metadata, context.time_remaining(), note)
+                return response
+            except BaseException as exc:
+                code = to_status(exc)[0].name
                 raise
             finally:
-                child.observe(clock.monotonic() - started)
+                elapsed = clock.monotonic() - started
+                size = len(response) if response is not None else -1
+                observer.done("grpc", short, code, elapsed, len(request), size, note)
 
-        return handle
+        if not TRACING.enabled:
+            return handle
+
+        async def traced(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            started = clock.monotonic()
+            note = RequestNote()
+            code = "OK"
+            response = None
+            metadata = context.invocation_metadata()
+            with TRACING.server_span("mesh.route", metadata, **{"rpc.method": short}) as (span, md):
+                note.trace_id = format(span.get_span_context().trace_id, "032x")
+                try:
+                    response = await router.handle(method, request, md, context.time_remaining(), note)
+                    return response
+                except BaseException as exc:
+                    code = to_status(exc)[0].name
+                    raise
+                finally:
+                    span.set_attribute("mesh.model_id", note.model_id)
+                    if note.vmodel_id:
+                        span.set_attribute("mesh.vmodel_id", note.vmodel_id)
+                    span.set_attribute("mesh.route", note.route or "none")
+                    span.set_attribute("mesh.internal", note.internal)
+                    TRACING.set_status(span, code)
+                    size = len(response) if response is not None else -1
+                    observer.done("grpc", short, code, clock.monotonic() - started, len(request), size, note)
+
+        return traced
 
     def _local_handler(self, method: str):
         name = method.rsplit("/", 1)[-1]
 
         async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            if name == "ServerLive":
+            if name == "ServerLive":  # answered by the event loop itself: see mesh.health (liveness)
                 return v2.ServerLiveResponse(live=True).SerializeToString()
             if name == "ServerReady":
                 return v2.ServerReadyResponse(ready=self.ready()).SerializeToString()
@@ -115,10 +153,7 @@ class InferenceHandler(grpc.GenericRpcHandler):
 
 
 def add_health(server: grpc.aio.Server) -> health.aio.HealthServicer:
+    """The ``grpc.health.v1`` servicer; ``mesh.health.PodHealth`` decides what it answers."""
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     return servicer
-
-
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

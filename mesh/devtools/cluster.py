@@ -128,6 +128,7 @@ class PodProcess:
     log_path: Path
     proc: subprocess.Popen
     started_at: float = 0.0
+    rest_port: int = 0  # the pod's V2 REST listener (0: off)
     descendants: dict[int, psutil.Process] = field(default_factory=dict)
     groups: set[int] = field(default_factory=set)
 
@@ -346,7 +347,9 @@ class LocalCluster:
             shlex.join(self.runtime_cmd(index, runtime_port)),
         ]
 
-    def pod_cmd(self, index: int, port: int, runtime_port: int, metrics_port: int) -> list[str]:
+    def pod_cmd(
+        self, index: int, port: int, runtime_port: int, metrics_port: int, rest_port: int = 0
+    ) -> list[str]:
         return [
             self.python,
             "-m",
@@ -364,6 +367,8 @@ class LocalCluster:
             f"pod-{index}",
             "--metrics-port",
             str(metrics_port),
+            "--rest-port",
+            str(rest_port),
             *self._runtime_flags(index, runtime_port),
             *(
                 ["--serving-address", f"127.0.0.1:{self.serving_port(index)}"]
@@ -390,10 +395,10 @@ class LocalCluster:
         port = self.base_port + index
         if not port_is_free(port):
             raise ClusterStartError(f"port {port} for pod-{index} is already in use (try --port)")
-        runtime_port, metrics_port = free_port(), free_port()
+        runtime_port, metrics_port, rest_port = free_port(), free_port(), free_port()
         (self.data_dir / f"pod-{index}" / "models").mkdir(parents=True, exist_ok=True)
         log_path = self.data_dir / f"pod-{index}.log"
-        cmd = self.pod_cmd(index, port, runtime_port, metrics_port)
+        cmd = self.pod_cmd(index, port, runtime_port, metrics_port, rest_port)
         # The parent-death signal fires when the *thread* that forked exits: only arm it from the main thread
         # (mesh up, the demo, tests), where that means the process.
         if _on_main_thread():
@@ -409,7 +414,14 @@ class LocalCluster:
                 start_new_session=True,  # own process group: a stray runtime is killed with it
             )
         pod = PodProcess(
-            index, f"pod-{index}", f"127.0.0.1:{port}", runtime_port, metrics_port, log_path, proc
+            index,
+            f"pod-{index}",
+            f"127.0.0.1:{port}",
+            runtime_port,
+            metrics_port,
+            log_path,
+            proc,
+            rest_port=rest_port,
         )
         with contextlib.suppress(psutil.Error):
             pod.started_at = psutil.Process(proc.pid).create_time()

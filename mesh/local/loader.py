@@ -42,6 +42,7 @@ from mesh.local.cache import CacheEntry, EntryState, LocalCache
 from mesh.local.runtime_client import RuntimeClient, RuntimeInfo
 from mesh.metrics import MeshMetrics
 from mesh.tasks import TaskSupervisor
+from mesh.tracing import TRACING
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -168,7 +169,8 @@ class Loader:
             started = self.clock.monotonic()
             assert entry.ready is not None
             await asyncio.shield(entry.ready)
-            self.metrics.cache_miss_seconds.observe(self.clock.monotonic() - started)
+            elapsed_ms = (self.clock.monotonic() - started) * 1000.0
+            self.metrics.observe_model(self.metrics.cache_miss_ms, elapsed_ms, entry.model_id)
         return entry
 
     async def _start_load(
@@ -184,7 +186,7 @@ class Loader:
         entry, _ = self.cache.reserve(model_id, 0, last_used or now, now, seen=spec.seen)
         entry.ready = asyncio.get_running_loop().create_future()
         load = self._load(entry, spec, exclusive, unreachable, self.clock.monotonic())
-        self.tasks.spawn(f"mesh:load:{model_id}", load)
+        self.tasks.spawn(f"mesh:load:{model_id}", self._traced(load, model_id) if TRACING.enabled else load)
         self.on_change()
         return entry
 
@@ -202,6 +204,12 @@ class Loader:
             predicted = None
         measured = spec.known_size if spec.known_size <= self.cache.capacity else 0
         return predicted or measured or spec.type_mean or self.default_size
+
+    async def _traced(self, load, model_id: str) -> None:
+        """The load inside a ``mesh.load`` span (child of the request that started it: the task inherits its
+        context)."""
+        with TRACING.span("mesh.load", **{"mesh.model_id": model_id, "mesh.pod": self.instance_id}):
+            await load
 
     async def _load(
         self,
@@ -232,21 +240,29 @@ class Loader:
             )
             _, timings.claim = await claim
             claimed = True
+            metrics = self.metrics
             if victims:
                 _, timings.evict = await self._timed(self.evict(victims, reason="space"))
             queued = clock.monotonic()
             async with self._sem:
                 started = clock.monotonic()
                 timings.queue = (started - queued) * 1000
+                metrics.observe_model(metrics.loading_queue_delay_ms, timings.queue, model_id)
                 entry.load_started = clock.now_ms()
                 size = await self.runtime.load(
-                    model_id, spec.type, spec.path, spec.key, timeout_s=self.load_timeout_s
+                    model_id,
+                    spec.type,
+                    spec.path,
+                    spec.key,
+                    timeout_s=self.load_timeout_s,
+                    metadata=TRACING.outgoing() if TRACING.enabled else (),
                 )
                 timings.runtime = (clock.monotonic() - started) * 1000
-                self.metrics.loadmodel_seconds.observe(timings.runtime / 1000)
+                metrics.observe_model(metrics.loadmodel_ms, timings.runtime, model_id)
             if not size:
                 size, timings.size = await self._timed(self.runtime.model_size(model_id))
                 size = size or entry.size
+                metrics.observe_model(metrics.model_sizing_ms, timings.size, model_id)
             if self.cache.get(model_id) is not entry:
                 # unregistered or purged while loading: give the memory back
                 await self._unload_runtime(model_id)
@@ -254,7 +270,7 @@ class Loader:
             more = self.cache.resize(model_id, size, clock.now_ms())
             entry.state = EntryState.ACTIVE
             entry.loaded_at = self.clock.now_ms()
-            self.metrics.loaded_model_size_bytes.observe(size)
+            self.metrics.observe_model(self.metrics.loaded_model_size, size, model_id)
             if more:
                 self.tasks.spawn(f"mesh:evict-after:{model_id}", self.evict(more, reason="space"))
             # Waiting requests go now; recording LOADED in etcd follows (peers already route here by the claim).
@@ -311,8 +327,7 @@ class Loader:
         """Unload evicted entries in the runtime (after in-flight requests drain) and release their claims."""
         now = self.clock.now_ms()
         for v in victims:
-            self.metrics.evictions.inc()
-            self.metrics.age_at_eviction_seconds.observe(max(0, now - v.last_used) / 1000)
+            self.metrics.observe_model(self.metrics.age_at_eviction_ms, max(0, now - v.last_used), v.model_id)
             log.info("evicting %s from %s (%s)", v.model_id, self.instance_id, reason)
         await asyncio.gather(*(self._unload_entry(v) for v in victims))
         self.on_change()
@@ -347,8 +362,11 @@ class Loader:
         started = self.clock.monotonic()
         try:
             await self.runtime.unload(model_id)
-            self.metrics.unloadmodel_seconds.observe(self.clock.monotonic() - started)
+            elapsed_ms = (self.clock.monotonic() - started) * 1000.0
+            self.metrics.observe_model(self.metrics.unloadmodel_ms, elapsed_ms, model_id)
         except MeshError as exc:
+            # one attempt per copy (no retries here), so every failed attempt is also a failed unload
+            self.metrics.unloadmodel_attempt_failure.inc()
             self.metrics.unloadmodel_failure.inc()
             log.warning("unload of %s failed: %s", model_id, exc.message)
 

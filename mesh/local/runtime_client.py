@@ -103,11 +103,20 @@ class RuntimeClient:
             await asyncio.sleep(poll_s)
         raise RuntimeUnavailable(f"runtime at {self.address} not ready after {timeout_s:.0f}s: {last}")
 
-    async def load(self, model_id: str, model_type: str, path: str, key: str, timeout_s: float) -> int:
-        """Load and return the runtime-reported size (0 = unknown). Raises ModelLoadFailed with the cause."""
+    async def load(
+        self,
+        model_id: str,
+        model_type: str,
+        path: str,
+        key: str,
+        timeout_s: float,
+        metadata: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (),
+    ) -> int:
+        """Load and return the runtime-reported size (0 = unknown). Raises ModelLoadFailed with the cause.
+        ``metadata``: the trace headers of the load's span (``mesh.tracing``), so the runtime's pull joins it."""
         req = rt.LoadModelRequest(modelId=model_id, modelType=model_type, modelPath=path, modelKey=key)
         try:
-            resp = await self._stub.loadModel(req, timeout=timeout_s)
+            resp = await self._stub.loadModel(req, timeout=timeout_s, metadata=tuple(metadata) or None)
         except grpc.RpcError as exc:
             err = from_rpc_error(exc, Source.RUNTIME_SPI, where=self.address)
             if isinstance(err, RuntimeUnavailable):

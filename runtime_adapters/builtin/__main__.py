@@ -16,7 +16,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from mesh.redact import install_log_redaction
+from mesh.logs import configure_logging
+from mesh.tracing import TRACING
 from puller.pull import Puller
 from puller.settings import PullerSettings
 from runtime_adapters.builtin.adapter import BuiltinAdapter
@@ -129,18 +130,16 @@ async def serve(settings: RuntimeSettings, puller_settings: PullerSettings) -> N
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    install_log_redaction()  # no credential in any line, a library's own included
     try:
         settings, puller_settings = build_settings(args)
+        configure_logging(args.log_level, settings.log_format, {"component": "runtime"})
     except (ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(serve(settings, puller_settings))
+    try:
+        asyncio.run(serve(settings, puller_settings))
+    finally:
+        TRACING.shutdown()  # flush spans still buffered
     return 0
 
 

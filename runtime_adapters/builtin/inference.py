@@ -17,6 +17,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from mesh.errors import InvalidRequest
+from mesh.tracing import TRACING
 from protos.inference import grpc_predict_v2_pb2 as pb
 from runtime_adapters.builtin import tensors
 from runtime_adapters.rpc import unary_handler
@@ -71,6 +72,12 @@ class InferenceServicer:
         )
 
     async def model_infer(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if TRACING.enabled:  # a child of the pod's mesh.route span (its traceparent came with the request)
+            with TRACING.server_span("runtime.ModelInfer", context.invocation_metadata()):
+                return await self._model_infer(data, context)
+        return await self._model_infer(data, context)
+
+    async def _model_infer(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         request = _parse(pb.ModelInferRequest, data)
         model_id = model_id_from(context, request.model_name)
         self.adapter.get(model_id)  # NOT_FOUND before any decoding work

@@ -98,7 +98,7 @@ def test_mesh_image_runs_mesh_help_as_non_root_without_compilers(built_image) ->
     assert help_.returncode == 0, help_.stderr
     assert "usage: mesh" in help_.stdout and "apply" in help_.stdout and "serve" in help_.stdout
     serve = run_in_image(kind, image, "mesh", "serve", "--help")
-    assert serve.returncode == 0 and "--etcd" in serve.stdout and "MM_READY_ETCD_GRACE_S" in serve.stdout
+    assert serve.returncode == 0 and "--etcd" in serve.stdout and "MM_ETCD_UNHEALTHY_GRACE_S" in serve.stdout
     uid = run_in_image(kind, image, "id", "-u")
     assert uid.stdout.strip() == "1000", uid.stdout + uid.stderr
     tools = run_in_image(kind, image, "sh", "-c", "command -v gcc cc make g++ || echo none")

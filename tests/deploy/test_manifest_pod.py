@@ -156,7 +156,7 @@ def test_dev_overlay_pod_runs_as_its_manifests_say(pod: LocalPod, etcd_server) -
         "MM_METRICS_PORT": str(pod.metrics_port),
         "MM_ETCD_ENDPOINTS": pod.etcd,  # the StatefulSet's members, in the cluster
         "MM_KVSTORE_PREFIX": f"/mmtest/{uuid.uuid4().hex}/",
-        "MM_READY_ETCD_GRACE_S": READY_GRACE_S,
+        "MM_ETCD_UNHEALTHY_GRACE_S": READY_GRACE_S,
         "MM_LEASE_TTL_S": "3",
     }
     pod.start("runtime", containers["runtime"], runtime_env)

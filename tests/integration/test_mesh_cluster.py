@@ -64,7 +64,7 @@ def test_requests_to_any_pod_reach_the_model_loaded_once(cluster, samples):  # n
     # and nothing was evicted
     used_pods = {h[0] for h in holders.values()}
     assert len(used_pods) >= 2, holders
-    evictions = sum(cluster.metric(i, "modelmesh_evictions_total") for i in range(3))
+    evictions = sum(cluster.metric(i, "modelmesh_age_at_eviction_milliseconds_count") for i in range(3))
     assert evictions == 0
     forwarded = sum(cluster.metric(i, "modelmesh_requests_routed_total", 'route="forward"') for i in range(3))
     assert forwarded > 0
@@ -262,6 +262,6 @@ def test_concurrent_misses_on_different_pods_end_in_one_load(etcd_server, sample
         c3.client(0).register(m["id"], m["type"], m["path"])
         with cf.ThreadPoolExecutor(12) as ex:
             list(ex.map(lambda i: infer(c3.client(i % 3), m), range(12)))
-        loads = sum(c3.metric(i, "modelmesh_loadmodel_seconds_count") for i in range(3))
+        loads = sum(c3.metric(i, "modelmesh_loadmodel_milliseconds_count") for i in range(3))
         assert loads == 1
         assert len(copies(c3.client(0), m["id"])) == 1

@@ -97,7 +97,7 @@ def test_concurrent_first_requests_share_one_load(pod, samples):  # noqa: F811
         results = list(ex.map(lambda _: infer_sample(pod.client(), sample), range(16)))
     for out in results:
         check_prediction(sample, out)
-    assert pod.metric(0, "modelmesh_loadmodel_seconds_count") == 1
+    assert pod.metric(0, "modelmesh_loadmodel_milliseconds_count") == 1
 
 
 @pytest.fixture
@@ -127,9 +127,9 @@ def test_eviction_is_least_recently_used_first(small_pod, samples):  # noqa: F81
         order.append(m["id"])
         if i % 3 == 0:
             infer_sample(c, many[0])
-        if pod.metric(0, "modelmesh_evictions_total") >= 3:
+        if pod.metric(0, "modelmesh_age_at_eviction_milliseconds_count") >= 3:
             break
-    assert pod.metric(0, "modelmesh_evictions_total") >= 3, "capacity never filled"
+    assert pod.metric(0, "modelmesh_age_at_eviction_milliseconds_count") >= 3, "capacity never filled"
     loaded = {mid for mid in order if c.status(mid)["status"] == "LOADED"}
     assert many[0]["id"] in loaded, "a model in regular use was evicted"
     rest = [mid for mid in order if mid != many[0]["id"]]

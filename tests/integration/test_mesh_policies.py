@@ -17,8 +17,8 @@ from tests.support.samples import samples  # noqa: F401  (fixture)
 class LabelledCluster(MeshTestCluster):
     """pod-1 carries the label ``fast``; every pod knows the type constraints."""
 
-    def pod_cmd(self, index, port, runtime_port, metrics_port):
-        cmd = super().pod_cmd(index, port, runtime_port, metrics_port)
+    def pod_cmd(self, index, port, runtime_port, metrics_port, rest_port=0):
+        cmd = super().pod_cmd(index, port, runtime_port, metrics_port, rest_port)
         return [*cmd, "--labels", "fast"] if index == 1 else cmd
 
 

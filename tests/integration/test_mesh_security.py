@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import urllib.request
 import uuid
 
@@ -129,7 +130,7 @@ def test_client_method_names_never_become_label_values(cluster, samples):  # noq
         out = _raw(cluster.addresses[0], f"/attacker.Svc{i}/Method{i}", b"", [(MODEL_ID_HEADER, m["id"])])
         assert isinstance(out, grpc.RpcError)
         assert out.code() == grpc.StatusCode.UNIMPLEMENTED, out.details()
-    labels = _label_values(cluster, 0, "modelmesh_api_request_seconds_count", "method")
+    labels = _label_values(cluster, 0, "modelmesh_api_request_milliseconds_count", "method")
     assert labels <= {"ModelInfer", "ModelReady", "ModelMetadata", "other"}, labels
     assert "other" in labels
 
@@ -140,9 +141,11 @@ def test_a_request_too_large_for_the_holder_does_not_load_a_second_copy(etcd_ser
     fault, not "pod-1 is full", so no copy is loaded on pod-0 and the client gets RESOURCE_EXHAUSTED."""
 
     class SmallPeer(MeshTestCluster):
-        def pod_cmd(self, index, port, runtime_port, metrics_port):
-            cmd = super().pod_cmd(index, port, runtime_port, metrics_port)
-            return [*cmd, "--max-message-bytes", str(1 << 20)] if index == 1 else cmd
+        """pod-1: the only pod models may load on (a required label), with a 1 MiB message limit."""
+
+        def pod_cmd(self, index, port, runtime_port, metrics_port, rest_port=0):
+            cmd = super().pod_cmd(index, port, runtime_port, metrics_port, rest_port)
+            return [*cmd, "--max-message-bytes", str(1 << 20), "--labels", "holder"] if index == 1 else cmd
 
     m = _sample(samples, 4)
     with SmallPeer(
@@ -151,7 +154,7 @@ def test_a_request_too_large_for_the_holder_does_not_load_a_second_copy(etcd_ser
         models_dir=samples["dir"],
         etcd=etcd_server.endpoint,
         kv_root=f"/mmtest/{uuid.uuid4().hex}/",
-        pod_args=FAST_POD_ARGS,
+        pod_args=(*FAST_POD_ARGS, "--type-constraints", json.dumps({"_default": {"required": ["holder"]}})),
     ) as c:
         c1 = c.client(1)
         c1.register(m["id"], m["type"], m["path"])
@@ -164,7 +167,7 @@ def test_a_request_too_large_for_the_holder_does_not_load_a_second_copy(etcd_ser
         assert err.value.code == "RESOURCE_EXHAUSTED"
         copies = c.client(0).status(m["id"])["copies"]
         assert [x["location"] for x in copies] == ["pod-1"], copies
-        assert c.metric(0, "modelmesh_loadmodel_seconds_count") == 0
+        assert c.metric(0, "modelmesh_loadmodel_milliseconds_count") == 0
 
 
 @pytest.mark.parametrize(

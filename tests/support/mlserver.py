@@ -173,7 +173,7 @@ class MeshPod:
         self.log_path = log_path
         self.cmd = [
             sys.executable, "-m", "mesh", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-            "--etcd", etcd, "--kv-root", kv_root, "--instance-id", f"pod-{self.port}", "--metrics-port", "0",
+            "--etcd", etcd, "--kv-root", kv_root, "--instance-id", f"pod-{self.port}", "--metrics-port", "0", "--rest-port", "0",
             "--runtime-address", f"127.0.0.1:{runtime_port}", "--serving-address", serving_address,
             "--runtime-cmd", shlex.join(runtime_cmd), *extra,
         ]  # fmt: skip

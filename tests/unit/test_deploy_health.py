@@ -9,41 +9,12 @@ import pytest
 from mesh.health import (
     LIVENESS_SERVICE,
     NOT_SERVING,
-    READINESS_SERVICE,
     SERVING,
     PodHealth,
-    PodState,
-    ReadinessRule,
     build_parser,
     channel_up,
 )
-
-UP = PodState(started=True, shutting_down=False, runtime_up=True, kv_healthy=True)
-
-
-@pytest.mark.parametrize(
-    ("state", "ready"),
-    [
-        (UP, True),
-        (PodState(started=False, shutting_down=False, runtime_up=True, kv_healthy=True), False),
-        (PodState(started=True, shutting_down=True, runtime_up=True, kv_healthy=True), False),
-        (PodState(started=True, shutting_down=False, runtime_up=False, kv_healthy=True), False),
-    ],
-)
-def test_readiness_needs_started_not_shutting_down_and_a_runtime(state: PodState, ready: bool) -> None:
-    assert ReadinessRule(kv_grace_s=30).ready(state, now=0.0) is ready
-
-
-def test_etcd_loss_is_tolerated_for_the_grace_then_not_and_recovers() -> None:
-    rule = ReadinessRule(kv_grace_s=30)
-    lost = PodState(started=True, shutting_down=False, runtime_up=True, kv_healthy=False)
-    assert rule.ready(lost, now=100.0)  # lost since 100
-    assert rule.ready(lost, now=129.9)
-    assert not rule.ready(lost, now=130.0)
-    assert rule.ready(UP, now=131.0)  # back: ready at once
-    assert rule.ready(lost, now=140.0)  # a new loss starts a new grace
-    assert not rule.ready(lost, now=170.5)
-    assert not ReadinessRule(kv_grace_s=0).ready(lost, now=0.0)
+from mesh.metrics import MeshMetrics
 
 
 class FakeServicer:
@@ -65,20 +36,68 @@ class FakeClock:
         return int(self.t * 1000)
 
 
-async def test_pod_health_sets_liveness_on_listen_and_readiness_only_on_change() -> None:
+def _health(*, runtime=True, kv=True, grace=30.0):
+    state = {"runtime": runtime, "kv": kv}
     servicer, clock = FakeServicer(), FakeClock()
-    health = PodHealth(servicer, kv_grace_s=5, clock=clock)
-    await health.listening()
-    assert servicer.calls == [(LIVENESS_SERVICE, SERVING), (READINESS_SERVICE, NOT_SERVING)]
+    health = PodHealth(
+        servicer=servicer,
+        services=(),
+        runtime_up=lambda: state["runtime"],
+        kv_healthy=lambda: state["kv"],
+        etcd_grace_s=grace,
+        metrics=MeshMetrics(),
+        clock=clock,
+    )
+    return health, servicer, clock, state
+
+
+@pytest.mark.parametrize(
+    ("started", "shutting_down", "runtime", "ready"),
+    [
+        (True, False, True, True),
+        (False, False, True, False),
+        (True, True, True, False),
+        (True, False, False, False),
+    ],
+)
+def test_readiness_needs_started_not_shutting_down_and_a_runtime(
+    started, shutting_down, runtime, ready
+) -> None:
+    health, _, _, _ = _health(runtime=runtime)
+    health.started, health.shutting_down = started, shutting_down
+    assert health.ready() is ready
+
+
+def test_etcd_loss_is_tolerated_for_the_grace_then_not_and_recovers() -> None:
+    health, _, clock, state = _health(kv=False, grace=30)
+    health.started = True
+    clock.t = 100.0
+    assert health.ready()  # lost since 100
+    clock.t = 129.9
+    assert health.ready()
+    clock.t = 130.0
+    assert not health.ready()
+    state["kv"], clock.t = True, 131.0
+    assert health.ready()  # back: ready at once
+    state["kv"], clock.t = False, 140.0
+    assert health.ready()  # a new loss starts a new grace
+    clock.t = 170.5
+    assert not health.ready()
+
+
+async def test_pod_health_sets_liveness_at_start_and_readiness_only_on_change() -> None:
+    health, servicer, clock, state = _health(grace=5)
+    await health.start()
+    assert servicer.calls == [(LIVENESS_SERVICE, SERVING), ("", NOT_SERVING)]
     servicer.calls.clear()
-    assert await health.update(UP) and await health.update(UP)
-    assert servicer.calls == [(READINESS_SERVICE, SERVING)]  # written once
-    lost = PodState(started=True, shutting_down=False, runtime_up=True, kv_healthy=False)
-    clock.t = 10
-    assert await health.update(lost)
+    health.started = True
+    assert await health.refresh() and await health.refresh()
+    assert servicer.calls == [("", SERVING)]  # written once
+    state["kv"], clock.t = False, 10
+    assert await health.refresh()
     clock.t = 15
-    assert not await health.update(lost)
-    assert servicer.calls[-1] == (READINESS_SERVICE, NOT_SERVING)
+    assert not await health.refresh()
+    assert servicer.calls[-1] == ("", NOT_SERVING)
     assert all(service != LIVENESS_SERVICE for service, _ in servicer.calls)  # liveness never drops
 
 

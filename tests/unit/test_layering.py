@@ -132,6 +132,8 @@ MESH_LEAVES = (
     "mesh.boundary",
     "mesh.channels",
     "mesh.redact",
+    "mesh.tracing",
+    "mesh.logs",
 )
 
 
