@@ -54,7 +54,7 @@ from mesh.dataplane.router import Router
 from mesh.dataplane.server import NOT_SERVING, SERVING, InferenceHandler, add_health
 from mesh.errors import MeshError
 from mesh.ids import check_id, default_instance_id
-from mesh.kv.client import EtcdTls, KvClient
+from mesh.kv.client import KvClient
 from mesh.kv.election import Election
 from mesh.kv.keys import Keys
 from mesh.kv.records import InstanceRecord, ModelRecord, VModelRecord
@@ -67,7 +67,7 @@ from mesh.local.stats import RequestStats
 from mesh.metrics import MeshMetrics
 from mesh.peers import PeerClient
 from mesh.redact import install_log_redaction
-from mesh.settings import MeshSettings, add_arguments, load_settings
+from mesh.settings import MeshSettings, SettingError, add_arguments, load_settings
 from mesh.tasks import TaskSupervisor
 from protos.meshadmin import admin_pb2_grpc
 
@@ -83,7 +83,7 @@ class Pod:
         self.instance_id = check_id(
             settings.instance_id or default_instance_id(settings.hostname), what="instance id"
         )
-        self.keys = Keys.for_root(settings.kv_root)
+        self.keys = Keys.for_root(settings.key_root)
         self.metrics = metrics or MeshMetrics()
         self.tasks = TaskSupervisor(on_restart=lambda name: self.metrics.task_restarts.labels(name).inc())
         self.stats = RequestStats(window_s=6 * settings.stats_tick_s, tick_s=settings.stats_tick_s)
@@ -100,7 +100,7 @@ class Pod:
             spi_address=s.runtime_address,
             serving_address=s.serving,
             command=shlex.split(s.runtime_cmd) if s.runtime_cmd else None,
-            env={**os.environ, **s.runtime_env} if s.runtime_env else None,
+            env=s.runtime_process_env(),
             startup_timeout_s=s.runtime_startup_timeout_s,
             max_message_bytes=s.max_message_bytes,
             on_restart=self.metrics.runtime_restarts.inc,
@@ -136,12 +136,7 @@ class Pod:
 
     async def _start_kv(self) -> None:
         s = self.settings
-        etcd_tls = (
-            EtcdTls(s.etcd_ca or None, s.etcd_cert or None, s.etcd_key or None)
-            if (s.etcd_ca or s.etcd_cert)
-            else None
-        )
-        self.kv = KvClient(s.etcd_endpoints, tls=etcd_tls, timeout=s.etcd_timeout_s)
+        self.kv = KvClient.from_settings(s)
         await self.kv.connect()
         self.registry_table = Table(
             self.kv, self.keys.registry_prefix, ModelRecord.from_json, name="registry"
@@ -303,6 +298,7 @@ class Pod:
             tasks=self.tasks,
             peer_auth=self.peer_auth,
             clock=self.clock,
+            default_vmodel_owner=s.default_vmodel_owner,
         )
         self.vmodels = VModels(
             self.views,
@@ -491,7 +487,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mesh serve", description="Run one mesh pod.")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    settings = load_settings(args)
+    try:
+        settings = load_settings(args)
+    except SettingError as exc:
+        print(exc.message, file=sys.stderr)  # the whole story: "MM_X: 'v' is not <what>"
+        return 2
     _configure_logging(settings.log_level)
     try:
         asyncio.run(serve(settings))

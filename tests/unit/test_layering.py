@@ -99,7 +99,7 @@ IO_MODULES = (
     "os",
     "pathlib",
     "time",
-    "aetcd",
+    "protos.etcd",
     "threading",
     "urllib",
     "requests",
@@ -132,6 +132,7 @@ MESH_LEAVES = (
     "mesh.boundary",
     "mesh.channels",
     "mesh.redact",
+    "mesh.settingspec",
 )
 
 
