@@ -62,9 +62,7 @@ def test_documented_runtime_flags_exist() -> None:
     """The runtime processes take exactly the flags the docs list (plus their own)."""
     documented = {r["flag"] for r in describe_fields(RuntimeSettings)}
     builtin = builtin_args([])
-    assert {f.name for f in RuntimeSettings.__dataclass_fields__.values()} <= set(vars(builtin)) | {
-        "extra"
-    }
+    assert {f.name for f in RuntimeSettings.__dataclass_fields__.values()} <= set(vars(builtin)) | {"extra"}
     p = argparse.ArgumentParser()
     add_common_args(p)
     assert documented - {"--predict-threads"} <= _flags(p)
