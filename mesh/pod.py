@@ -319,6 +319,7 @@ class Pod:
             cache=self.cache,
             is_leader=lambda: self.election.leader_id,
             failure_expiry_ms=s.load_failure_expiry_ms,
+            load_timeout_ms=lambda: int(self.loader.load_timeout_s * 1000),
             clock=self.clock,
         )
         admin_pb2_grpc.add_MeshAdminServicer_to_server(admin, self.server)

@@ -7,10 +7,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ClusterStatusRequest(_message.Message):
-    __slots__ = ("include_models",)
+    __slots__ = ("include_models", "page_size", "page_token", "model_id_glob", "type", "status", "instance_id")
     INCLUDE_MODELS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_GLOB_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     include_models: bool
-    def __init__(self, include_models: _Optional[bool] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    model_id_glob: str
+    type: str
+    status: str
+    instance_id: str
+    def __init__(self, include_models: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., model_id_glob: _Optional[str] = ..., type: _Optional[str] = ..., status: _Optional[str] = ..., instance_id: _Optional[str] = ...) -> None: ...
 
 class InstanceStatus(_message.Message):
     __slots__ = ("instance_id", "address", "zone", "labels", "capacity_bytes", "used_bytes", "lru_age_ms", "model_count", "loads_in_progress", "rpm", "shutting_down", "leader")
@@ -41,7 +53,7 @@ class InstanceStatus(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., address: _Optional[str] = ..., zone: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., lru_age_ms: _Optional[int] = ..., model_count: _Optional[int] = ..., loads_in_progress: _Optional[int] = ..., rpm: _Optional[int] = ..., shutting_down: _Optional[bool] = ..., leader: _Optional[bool] = ...) -> None: ...
 
 class ModelSummary(_message.Message):
-    __slots__ = ("model_id", "type", "loaded_on", "loading_on", "failed_on", "last_used_ms", "status", "errors")
+    __slots__ = ("model_id", "type", "loaded_on", "loading_on", "failed_on", "last_used_ms", "status", "errors", "size_bytes")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     LOADED_ON_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +62,7 @@ class ModelSummary(_message.Message):
     LAST_USED_MS_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     type: str
     loaded_on: _containers.RepeatedScalarFieldContainer[str]
@@ -58,14 +71,21 @@ class ModelSummary(_message.Message):
     last_used_ms: int
     status: str
     errors: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model_id: _Optional[str] = ..., type: _Optional[str] = ..., loaded_on: _Optional[_Iterable[str]] = ..., loading_on: _Optional[_Iterable[str]] = ..., failed_on: _Optional[_Iterable[str]] = ..., last_used_ms: _Optional[int] = ..., status: _Optional[str] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
+    size_bytes: int
+    def __init__(self, model_id: _Optional[str] = ..., type: _Optional[str] = ..., loaded_on: _Optional[_Iterable[str]] = ..., loading_on: _Optional[_Iterable[str]] = ..., failed_on: _Optional[_Iterable[str]] = ..., last_used_ms: _Optional[int] = ..., status: _Optional[str] = ..., errors: _Optional[_Iterable[str]] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class ClusterStatusResponse(_message.Message):
-    __slots__ = ("responding_instance", "instances", "models")
+    __slots__ = ("responding_instance", "instances", "models", "next_page_token", "total_models", "load_timeout_ms")
     RESPONDING_INSTANCE_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MODELS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     responding_instance: str
     instances: _containers.RepeatedCompositeFieldContainer[InstanceStatus]
     models: _containers.RepeatedCompositeFieldContainer[ModelSummary]
-    def __init__(self, responding_instance: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelSummary, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    total_models: int
+    load_timeout_ms: int
+    def __init__(self, responding_instance: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelSummary, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total_models: _Optional[int] = ..., load_timeout_ms: _Optional[int] = ...) -> None: ...
