@@ -29,6 +29,7 @@ import random
 import shlex
 import signal
 import sys
+from collections.abc import Sequence
 
 import grpc
 
@@ -461,13 +462,13 @@ class Pod:
             await kv.close()
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, secrets: Sequence[str] = ()) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    install_log_redaction()  # no credential in a log line, whoever wrote it
+    install_log_redaction(secrets=secrets)  # no credential in a log line, whoever wrote it
 
 
 async def serve(settings: MeshSettings) -> None:
@@ -493,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingError as exc:
         print(exc.message, file=sys.stderr)  # the whole story: "MM_X: 'v' is not <what>"
         return 2
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.secret_values())
     try:
         asyncio.run(serve(settings))
     except MeshError as exc:

@@ -344,6 +344,14 @@ class MeshSettings:
         host = self.location or ("127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host)
         return f"{host}:{self.port}"
 
+    def secret_values(self) -> list[str]:
+        """The values of the secret settings (etcd password, token, inline key), for log redaction."""
+        return [
+            str(getattr(self, f.name))
+            for f in specced_fields(MeshSettings)
+            if spec_of(f).secret and getattr(self, f.name)
+        ]
+
     @property
     def key_root(self) -> str:
         """The cluster's root key prefix: ``etcd_root_prefix`` (if any) then ``kv_root``, as ``/a/b/``."""

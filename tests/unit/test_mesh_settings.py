@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mesh.redact import install_log_redaction
 from mesh.settings import MeshSettings, SettingError, add_arguments, describe, flag_name, load_settings
 from mesh.settingspec import spec_of
 
@@ -476,3 +479,18 @@ def test_serve_stops_at_start_with_the_message() -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == "MM_LEASE_TTL_S: 'abc' is not a number"
+
+
+def test_secret_values_are_masked_in_log_lines(caplog) -> None:
+    """The pod installs its secrets into the log redaction (mesh/redact.py), whoever logs them."""
+    s = load_settings(environ={"MM_ETCD_USERNAME": "u", "MM_ETCD_PASSWORD": "hunter2-pw"})
+    assert s.secret_values() == ["hunter2-pw"]
+    handler = logging.StreamHandler(io.StringIO())
+    logger = logging.getLogger("test.secret")
+    logger.addHandler(handler)
+    try:
+        install_log_redaction(logger, secrets=s.secret_values())
+        logger.warning("a library printed %s", "hunter2-pw")
+        assert handler.stream.getvalue() == "a library printed ***\n"
+    finally:
+        logger.removeHandler(handler)
