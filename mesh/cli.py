@@ -468,7 +468,7 @@ class UpReporter:
     def __call__(self, what: str, detail: Any) -> None:
         now = time.monotonic()
         if what == "etcd":
-            print(f"etcd: ready on {detail} after {now - self.t0:.1f}s", file=self.stream, flush=True)
+            print(f"etcd: up on {detail} after {now - self.t0:.1f}s", file=self.stream, flush=True)
         elif what == "pod-started":
             self.started[detail.index] = now
             print(
