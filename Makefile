@@ -6,13 +6,14 @@ STAMP := $(VENV)/.installed
 # MLServer (and its protobuf<7 pin) lives in its own venv; the MLServer adapter tests use it.
 MLSERVER_STAMP := .venv-mlserver/.installed
 
-.PHONY: demo test test-slow test-container lint fmt protos clean
+.PHONY: demo test test-slow test-container lint fmt protos lock clean
 
-$(STAMP): requirements.lock pyproject.toml
+# requirements-dev.lock pins every package (transitive ones too) with its hashes: the install refuses anything
+# else. The project itself goes in editable, without build isolation (the locked setuptools builds it).
+$(STAMP): requirements-dev.lock pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements.lock
-	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip install -q --require-hashes -r requirements-dev.lock
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -43,6 +44,15 @@ fmt: $(STAMP)
 
 protos: $(STAMP)
 	PYTHON=$(BIN)/python scripts/gen_protos.sh
+
+# Re-resolve the locks from pyproject.toml (pins already in a lock are kept; add --upgrade to move them).
+# requirements.lock: what a pod and its built-in runtime need; requirements-dev.lock: every extra + tests.
+# Resolved against the public index only (no local pip config or wheel folders), so the hashes are its.
+PIP_COMPILE = env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(BIN)/pip-compile -q --generate-hashes \
+	--allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links
+lock: $(STAMP)
+	$(PIP_COMPILE) --extra runtime -o requirements.lock pyproject.toml
+	$(PIP_COMPILE) --extra runtime --extra minio --extra etcd --extra dev -o requirements-dev.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) .venv-mlserver var .mesh

@@ -2,9 +2,11 @@
 
 Owns argument parsing and human-readable output only; the work is done elsewhere:
 ``mesh up`` → ``mesh.devtools.cluster.LocalCluster``; ``mesh serve`` → ``mesh.pod.main`` (the pod's own flags,
-from ``mesh.settings``); every other subcommand → ``mesh.client.MeshClient`` against ``--address``
-(default 127.0.0.1:8033, or ``MESH_ADDRESS``). Failures print ``error: <CODE>: <message>`` on stderr and
-exit with status 1 (2 for usage errors, as argparse does).
+from ``mesh.settings``); every other subcommand → ``mesh.client.MeshClient`` against ``--address`` (one or
+several comma-separated pods, default 127.0.0.1:8033, or ``MESH_ADDRESS``; a pod that is gone is skipped for
+the next). ``--sync`` waits for loads with live progress on stderr (``mesh.progress``), as long as the pod's
+load timeout allows. Failures print ``error: <CODE>: <message>`` on stderr and exit with status 1 (2 for
+usage errors, as argparse does).
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mesh.progress import ProgressPrinter, human_bytes, wait_deadline_s, wait_for_models
+
 DEFAULT_ADDRESS = "127.0.0.1:8033"
+GLOB_CHARS = frozenset("*?[")
 _SUFFIXES = {"k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
 
 
@@ -34,15 +39,6 @@ def parse_bytes(text: str) -> int:
         if t.endswith(suffix):
             return int(float(t[: -len(suffix)]) * _SUFFIXES[suffix])
     return int(t)
-
-
-def human_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    return f"{n}B"
 
 
 def human_age(ms: int) -> str:
@@ -90,6 +86,7 @@ def format_cluster_status(st: dict[str, Any], now_ms: int | None = None) -> str:
             m["model_id"],
             m["type"],
             m["status"],
+            human_bytes(m["size_bytes"]) if m.get("size_bytes") else "-",
             ",".join(m["loaded_on"]) or "-",
             ",".join(m["loading_on"]) or "-",
             ",".join(m["failed_on"]) or "-",
@@ -98,9 +95,13 @@ def format_cluster_status(st: dict[str, Any], now_ms: int | None = None) -> str:
         for m in st["models"]
     ]
     out.append("")
-    out.append(f"models ({len(models)}):")
+    total = st.get("total_models")
+    shown = f"{len(models)} of {total}" if total is not None and total != len(models) else f"{len(models)}"
+    out.append(f"models ({shown}):")
     out.append(
-        format_table(("ID", "TYPE", "STATUS", "LOADED ON", "LOADING ON", "FAILED ON", "LAST USED"), models)
+        format_table(
+            ("ID", "TYPE", "STATUS", "SIZE", "LOADED ON", "LOADING ON", "FAILED ON", "LAST USED"), models
+        )
     )
     errors = [(m["model_id"], e) for m in st["models"] for e in m["errors"]]
     if errors:
@@ -119,12 +120,23 @@ def _client_flags(parser: argparse.ArgumentParser, *, top: bool) -> None:
     parser.add_argument(
         "--address",
         default=d(os.environ.get("MESH_ADDRESS", DEFAULT_ADDRESS)),
-        help="host:port of a mesh pod [env MESH_ADDRESS, default 127.0.0.1:8033]",
+        help="host:port of a mesh pod, or several comma-separated (a pod that is gone is skipped for the "
+        "next) [env MESH_ADDRESS, default 127.0.0.1:8033]",
     )
     parser.add_argument("--tls-ca", default=d(None), help="PEM CA bundle (enables TLS)")
     parser.add_argument("--tls-cert", default=d(None), help="PEM client certificate (mTLS)")
     parser.add_argument("--tls-key", default=d(None), help="PEM client key (mTLS)")
     parser.add_argument("--timeout", type=float, default=d(30.0), help="per-call deadline in seconds")
+
+
+def _wait_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with --sync: give up after this long (default: the pod's load timeout + 30s)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,7 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--path", required=True, help="model path or URI (local paths relative to --models-dir)")
     sp.add_argument("--key", default="", help="storage key JSON (which storage-config entry, bucket, …)")
     sp.add_argument("--load-now", action="store_true", help="load a copy right away")
-    sp.add_argument("--sync", action="store_true", help="with --load-now: return once loaded (or failed)")
+    sp.add_argument(
+        "--sync",
+        action="store_true",
+        help="with --load-now: wait until loaded (or failed), showing progress on stderr",
+    )
+    _wait_flag(sp)
     sp.add_argument("--min-copies", type=int, default=0, help="keep at least this many copies loaded")
     sp.add_argument("--max-copies", type=int, default=0, help="never scale above this many copies")
 
@@ -177,13 +194,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     apply.add_arguments(cmd("apply", "reconcile models and vmodels with a file (mesh/apply.py)"))
 
-    sp = cmd("status", "cluster status, or one model's status")
-    sp.add_argument("model_id", nargs="?")
+    sp = cmd("status", "cluster status (pods and models, page by page), or one model's status")
+    sp.add_argument(
+        "model_id", nargs="?", help="one model's status; with * ? [ ] a glob that filters the models table"
+    )
     sp.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    sp.add_argument("--type", dest="model_type", default="", help="only models of this type")
+    sp.add_argument(
+        "--status",
+        dest="model_status",
+        default="",
+        type=str.upper,
+        choices=("NOT_LOADED", "LOADING", "LOADED", "LOADING_FAILED"),
+        help="only models in this state",
+    )
+    sp.add_argument("--pod", default="", help="only models with a copy (loaded, loading, failed) on this pod")
+    sp.add_argument("--page-size", type=int, default=1000, help="models per request (the pod caps it)")
+    sp.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=2.0,
+        default=None,
+        metavar="SECONDS",
+        help="redraw every SECONDS (default 2) until Ctrl-C",
+    )
+    sp.add_argument("--count", type=int, default=0, help="with --watch: stop after this many redraws")
 
     sp = cmd("ensure-loaded", "make sure a copy of the model is loaded")
     sp.add_argument("model_id")
-    sp.add_argument("--sync", action="store_true", help="return once loaded (or failed)")
+    sp.add_argument(
+        "--sync", action="store_true", help="wait until loaded (or failed), showing progress on stderr"
+    )
+    _wait_flag(sp)
 
     sp = cmd("infer", "run a V2 ModelInfer through the mesh")
     sp.add_argument("model_id")
@@ -244,40 +287,145 @@ def _load_data(text: str) -> Any:
         raise MeshClientError("INVALID_ARGUMENT", f"--data is not valid JSON: {exc}") from exc
 
 
-def _run_client_command(args: argparse.Namespace) -> int:
+def _client(args: argparse.Namespace):
     from mesh.client import MeshClient
 
-    with MeshClient(
+    return MeshClient(
         args.address, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key, timeout=args.timeout
-    ) as c:
+    )
+
+
+def load_timeout_ms(client) -> int:
+    """The pod's load timeout (0 when it does not say: an older pod, or the call failed)."""
+    from mesh.client import MeshClientError
+
+    try:
+        return int(client.cluster_status_page(include_models=False)["load_timeout_ms"])
+    except MeshClientError:
+        return 0
+
+
+def model_sizes(client, model_ids) -> dict[str, int]:
+    """Known sizes of these models, from the cluster status (one filtered page per model)."""
+    import glob
+
+    out = {}
+    for model_id in model_ids:
+        page = client.cluster_status_page(model_id_glob=glob.escape(model_id), page_size=1)
+        for m in page["models"]:
+            out[m["model_id"]] = m["size_bytes"]
+    return out
+
+
+def wait_loaded(client, model_ids: Sequence[str], wait_s: float | None, stream=None) -> int:
+    """Wait for the models to load, with progress on stderr; print the final status(es) as JSON on stdout.
+    Exit status 0 when every model loaded, 1 when one failed, vanished or the wait ran out."""
+    timeout_s = wait_deadline_s(load_timeout_ms(client), wait_s)
+    printer = ProgressPrinter(stream)
+    progress, finished = wait_for_models(
+        client.status,
+        model_ids,
+        timeout_s=timeout_s,
+        on_update=printer,
+        sizes=lambda ids: model_sizes(client, ids),
+    )
+    printer.finish()
+    for p in progress:
+        _print_json(p.final)
+    rc = 0
+    for p in progress:
+        if p.status == "LOADING_FAILED":
+            print(
+                f"error: LOADING_FAILED: {p.model_id}: {'; '.join(p.errors) or 'load failed'}",
+                file=sys.stderr,
+            )
+            rc = 1
+        elif p.status == "NOT_FOUND":
+            print(f"error: NOT_FOUND: {p.model_id} is not registered (any more)", file=sys.stderr)
+            rc = 1
+        elif not finished and not p.done:
+            print(
+                f"error: DEADLINE_EXCEEDED: {p.model_id} still {p.status} after {timeout_s:.0f}s "
+                "(--wait to wait longer)",
+                file=sys.stderr,
+            )
+            rc = 1
+    return rc
+
+
+def _status_filters(args: argparse.Namespace) -> dict[str, Any]:
+    glob_ = args.model_id if args.model_id and GLOB_CHARS & set(args.model_id) else ""
+    return {
+        "page_size": args.page_size,
+        "model_id_glob": glob_,
+        "model_type": args.model_type,
+        "status": args.model_status,
+        "pod": args.pod,
+    }
+
+
+def run_status(client, args: argparse.Namespace) -> int:
+    """``mesh status``: one model's status, or the cluster (every page, filtered), once or ``--watch``."""
+    if args.model_id and not GLOB_CHARS & set(args.model_id):
+        _print_json(client.status(args.model_id))
+        return 0
+    filters = _status_filters(args)
+    redraws = 0
+    try:
+        while True:
+            st = client.cluster_status(**filters)
+            if args.json:
+                text = json.dumps(st, indent=2)
+            else:
+                text = format_cluster_status(st)
+            if args.watch is None:
+                print(text)
+                return 0
+            if sys.stdout.isatty():
+                sys.stdout.write("\x1b[H\x1b[2J")  # home + clear: redraw in place
+            stamp = time.strftime("%H:%M:%S")
+            print(
+                f"every {args.watch:g}s at {stamp}, via {client.target} (Ctrl-C to stop)\n{text}", flush=True
+            )
+            redraws += 1
+            if args.count and redraws >= args.count:
+                return 0
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _run_client_command(args: argparse.Namespace) -> int:
+    with _client(args) as c:
         match args.command:
             case "apply":
                 from mesh import apply
 
                 return apply.run(args, c)
             case "register":
-                _print_json(
-                    c.register(
-                        args.model_id,
-                        args.model_type,
-                        args.path,
-                        args.key,
-                        args.load_now,
-                        args.sync,
-                        min_copies=args.min_copies,
-                        max_copies=args.max_copies,
-                    )
+                status = c.register(
+                    args.model_id,
+                    args.model_type,
+                    args.path,
+                    args.key,
+                    args.load_now,
+                    False,
+                    min_copies=args.min_copies,
+                    max_copies=args.max_copies,
                 )
+                if args.sync and args.load_now:
+                    return wait_loaded(c, [args.model_id], args.wait)
+                _print_json(status)
             case "unregister":
                 c.unregister(args.model_id)
                 print(f"unregistered {args.model_id}")
-            case "status" if args.model_id:
-                _print_json(c.status(args.model_id))
             case "status":
-                st = c.cluster_status()
-                print(json.dumps(st, indent=2) if args.json else format_cluster_status(st))
+                return run_status(c, args)
             case "ensure-loaded":
-                _print_json(c.ensure_loaded(args.model_id, sync=args.sync))
+                status = c.ensure_loaded(args.model_id, sync=False)
+                if args.sync:
+                    return wait_loaded(c, [args.model_id], args.wait)
+                _print_json(status)
             case "infer":
                 data = _load_data(args.data)
                 out = c.infer(
@@ -317,8 +465,48 @@ def _raise_stop(signum: int, frame: Any) -> None:
     raise _Stop()
 
 
+class UpReporter:
+    """Prints ``mesh up``'s start-up as it happens: etcd, each pod started, each pod SERVING."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stdout
+        self.t0 = time.monotonic()
+        self.started: dict[int, float] = {}
+
+    def __call__(self, what: str, detail: Any) -> None:
+        now = time.monotonic()
+        if what == "etcd":
+            print(f"etcd: up on {detail} after {now - self.t0:.1f}s", file=self.stream, flush=True)
+        elif what == "pod-started":
+            self.started[detail.index] = now
+            print(
+                f"pod-{detail.index}: started (pid {detail.pid}), runtime starting on 127.0.0.1:{detail.runtime_port}",
+                file=self.stream,
+                flush=True,
+            )
+        elif what == "pod-serving":
+            took = now - self.started.get(detail.index, self.t0)
+            print(
+                f"pod-{detail.index}: SERVING on {detail.address} after {took:.1f}s",
+                file=self.stream,
+                flush=True,
+            )
+
+
+def pod_addresses(pod) -> list[tuple[str, str]]:
+    """Every address of a ``mesh up`` pod, by name (REST only when the cluster gave the pod a REST port)."""
+    rows = [("grpc", pod.address)]
+    rest_port = getattr(pod, "rest_port", None)
+    rows.append(("rest", f"http://127.0.0.1:{rest_port}/v2" if rest_port else "off"))
+    rows.append(("metrics", f"http://127.0.0.1:{pod.metrics_port}/metrics" if pod.metrics_port else "off"))
+    rows.append(("runtime", f"127.0.0.1:{pod.runtime_port}"))
+    rows.append(("log", str(pod.log_path)))
+    return rows
+
+
 def run_up(args: argparse.Namespace) -> int:
-    """``mesh up``: start the cluster, print addresses, stay in the foreground until Ctrl-C / SIGTERM."""
+    """``mesh up``: start the cluster, report each part as it starts, print every address, stay in the
+    foreground until Ctrl-C / SIGTERM."""
     from mesh.devtools.cluster import ClusterStartError, LocalCluster
 
     models_dir = Path(args.models_dir)
@@ -338,6 +526,7 @@ def run_up(args: argparse.Namespace) -> int:
         storage_config=args.storage_config,
         kv_root=args.kv_root,
         startup_timeout=args.startup_timeout,
+        on_event=UpReporter(),
     )
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     reported: set[int] = set()
@@ -346,7 +535,10 @@ def run_up(args: argparse.Namespace) -> int:
         cluster.start()  # a signal during start-up interrupts its own clean-up; the finally below redoes it
         print(f"etcd: {cluster.etcd_endpoint}  (kv root {args.kv_root})")
         for pod in cluster.pods:
-            print(f"pod-{pod.index}: {pod.address}  (runtime 127.0.0.1:{pod.runtime_port}, pid {pod.pid})")
+            print(f"pod-{pod.index} (pid {pod.pid}):")
+            for name, where in pod_addresses(pod):
+                print(f"  {name:<8} {where}")
+        print(f"clients: --address {','.join(cluster.addresses)}")
         print("ready; Ctrl-C to stop", flush=True)
         while True:
             for pod in cluster.dead_pods():

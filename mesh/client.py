@@ -7,14 +7,18 @@ V2 tensors, kept as pure functions (``encode_inputs``, ``decode_outputs``) so th
 
 Management calls return plain dicts (JSON-printable, so the CLI prints them as they are); every gRPC failure
 surfaces as one ``MeshClientError(code, message)`` carrying the server's status code name and details.
-The client is synchronous on purpose: it serves scripts, the CLI and tests; the benchmarks use ``grpc.aio``.
+``MeshClient`` is synchronous (scripts, the CLI, tests); ``mesh.aio_client.AsyncMeshClient`` has the same
+methods for asyncio. Both build their requests with the ``*_call`` functions here, take several pod
+addresses and move to the next one when a call fails with UNAVAILABLE.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +241,9 @@ def vmodel_status_dict(info: mm.VModelStatusInfo) -> dict[str, Any]:
 def cluster_status_dict(resp: admin_pb2.ClusterStatusResponse) -> dict[str, Any]:
     return {
         "responding_instance": resp.responding_instance,
+        "total_models": resp.total_models,
+        "load_timeout_ms": resp.load_timeout_ms,
+        "next_page_token": resp.next_page_token,
         "instances": [
             {
                 "instance_id": i.instance_id,
@@ -259,6 +266,7 @@ def cluster_status_dict(resp: admin_pb2.ClusterStatusResponse) -> dict[str, Any]
                 "model_id": m.model_id,
                 "type": m.type,
                 "status": m.status,
+                "size_bytes": m.size_bytes,
                 "loaded_on": list(m.loaded_on),
                 "loading_on": list(m.loading_on),
                 "failed_on": list(m.failed_on),
@@ -284,47 +292,206 @@ def cluster_status_dict(resp: admin_pb2.ClusterStatusResponse) -> dict[str, Any]
     }
 
 
+def merge_pages(pages: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One status dict from consecutive pages: the last page's pods and counts, every page's models (and the
+    vmodels, which come with the first page)."""
+    if not pages:
+        raise ValueError("no pages")
+    out = dict(pages[-1])
+    out["models"] = [m for page in pages for m in page["models"]]
+    out["vmodels"] = [v for page in pages for v in page["vmodels"]]
+    out["next_page_token"] = ""
+    return out
+
+
 # --------------------------------------------------------------------------------------------------------
-# The client
+# Requests (shared by MeshClient and mesh.aio_client.AsyncMeshClient: one place builds each call)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One unary call: which stub (``mm``, ``admin``, ``v2``), method, request and metadata."""
+
+    stub: str
+    method: str
+    request: Any
+    metadata: tuple[tuple[str, str], ...] = ()
+
+
+def parse_addresses(addresses: str | Sequence[str]) -> list[str]:
+    """``"a:1,b:2"`` or ``["a:1", "b:2"]`` → ``["a:1", "b:2"]`` (blanks dropped; at least one)."""
+    items = addresses.split(",") if isinstance(addresses, str) else [str(a) for a in addresses]
+    out = [a.strip() for a in items if a.strip()]
+    if not out:
+        raise MeshClientError("CLIENT", "no pod address given")
+    return out
+
+
+def register_call(
+    model_id: str,
+    model_type: str,
+    path: str,
+    key: str = "",
+    load_now: bool = False,
+    sync: bool = False,
+    *,
+    min_copies: int = 0,
+    max_copies: int = 0,
+    owner: str = "",
+) -> Call:
+    req = mm.RegisterModelRequest(
+        modelId=model_id,
+        modelInfo=mm.ModelInfo(type=model_type, path=path, key=key),
+        loadNow=load_now,
+        sync=sync,
+    )
+    md = []
+    if min_copies:
+        md.append(("mm-min-copies", str(min_copies)))
+    if max_copies:
+        md.append(("mm-max-copies", str(max_copies)))
+    if owner:
+        md.append(("mm-owner", owner))
+    return Call("mm", "registerModel", req, tuple(md))
+
+
+def set_vmodel_call(
+    vmodel_id: str,
+    target_model_id: str,
+    model_type: str | None = None,
+    path: str | None = None,
+    key: str | None = None,
+    *,
+    owner: str = "",
+    auto_delete_target: bool = False,
+    load_now: bool = False,
+    sync: bool = False,
+    expected_target: str = "",
+    update_only: bool = False,
+    force: bool = False,
+) -> Call:
+    req = mm.SetVModelRequest(
+        vModelId=vmodel_id,
+        targetModelId=target_model_id,
+        updateOnly=update_only,
+        autoDeleteTargetModel=auto_delete_target,
+        loadNow=load_now,
+        force=force,
+        sync=sync,
+        expectedTargetModelId=expected_target,
+        owner=owner,
+    )
+    if model_type or path or key:
+        req.modelInfo.CopyFrom(mm.ModelInfo(type=model_type or "", path=path or "", key=key or ""))
+    return Call("mm", "setVModel", req)
+
+
+def cluster_status_call(
+    include_models: bool = True,
+    *,
+    page_size: int = 0,
+    page_token: str = "",
+    model_id_glob: str = "",
+    model_type: str = "",
+    status: str = "",
+    pod: str = "",
+) -> Call:
+    req = admin_pb2.ClusterStatusRequest(
+        include_models=include_models,
+        page_size=page_size,
+        page_token=page_token,
+        model_id_glob=model_id_glob,
+        type=model_type,
+        status=status,
+        instance_id=pod,
+    )
+    return Call("admin", "ClusterStatus", req)
+
+
+def infer_call(
+    model_id: str,
+    inputs: Any,
+    *,
+    vmodel: bool = False,
+    raw: bool = False,
+    datatype: str | None = None,
+    input_name: str = DEFAULT_INPUT_NAME,
+) -> Call:
+    req = build_infer_request(model_id, inputs, raw=raw, datatype=datatype, input_name=input_name)
+    header = VMODEL_ID_HEADER if vmodel else MODEL_ID_HEADER
+    return Call("v2", "ModelInfer", req, ((header, model_id),))
+
+
+def infer_raw_call(request: v2.ModelInferRequest, *, vmodel: bool = False) -> Call:
+    header = VMODEL_ID_HEADER if vmodel else MODEL_ID_HEADER
+    return Call("v2", "ModelInfer", request, ((header, request.model_name),))
+
+
+def fails_over(exc: grpc.RpcError) -> bool:
+    """Whether a failed call may be tried on the next address: UNAVAILABLE, which a pod answers when it
+    cannot be reached (connection refused or lost) or cannot act (shutting down, no etcd, no pod for the
+    load); any other status is the pod's answer and goes back to the caller."""
+    code = exc.code() if hasattr(exc, "code") else None
+    return code == grpc.StatusCode.UNAVAILABLE
+
+
+def channel_credentials(tls_ca: str | None, tls_cert: str | None, tls_key: str | None):
+    if not (tls_ca or tls_cert or tls_key):
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(tls_ca), private_key=_read(tls_key), certificate_chain=_read(tls_cert)
+    )
+
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Reconnect soon to a pod that comes back; a dead one fails fast (no wait_for_ready) in the meantime.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
 
 
 def _read(path: str | None) -> bytes | None:
     return Path(path).read_bytes() if path else None
 
 
-class MeshClient:
-    """Synchronous client of one mesh pod. Use as a context manager, or call ``close()``.
+# --------------------------------------------------------------------------------------------------------
+# The client
 
-    ``target`` is ``host:port``. Any of ``tls_ca``/``tls_cert``/``tls_key`` (PEM file paths) switches to a
-    TLS channel; ``tls_cert`` + ``tls_key`` present a client certificate (mTLS). ``timeout`` is the
-    deadline of each call in seconds.
+
+class MeshClient:
+    """Synchronous client of a mesh: one or several pod addresses. Use as a context manager, or ``close()``.
+
+    ``target`` is ``host:port``, a comma-separated list of them, or a sequence. Calls go to the address that
+    answered last; a call that fails with UNAVAILABLE (the pod is gone, unreachable or cannot act) is tried
+    on the next address, each address at most once per call, all within the call's deadline (``timeout``
+    seconds). Any of ``tls_ca``/``tls_cert``/``tls_key`` (PEM file paths) switches to TLS; ``tls_cert`` +
+    ``tls_key`` present a client certificate (mTLS).
     """
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         *,
         tls_ca: str | None = None,
         tls_cert: str | None = None,
         tls_key: str | None = None,
         timeout: float = 30,
     ) -> None:
-        self.target = target
+        self.addresses = parse_addresses(target)
         self.timeout = timeout
-        options = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ]
-        if tls_ca or tls_cert or tls_key:
-            creds = grpc.ssl_channel_credentials(
-                root_certificates=_read(tls_ca), private_key=_read(tls_key), certificate_chain=_read(tls_cert)
-            )
-            self._channel = grpc.secure_channel(target, creds, options=options)
-        else:
-            self._channel = grpc.insecure_channel(target, options=options)
-        self._mm = mm_grpc.ModelMeshStub(self._channel)
-        self._admin = admin_pb2_grpc.MeshAdminStub(self._channel)
-        self._v2 = v2_grpc.GRPCInferenceServiceStub(self._channel)
+        self._creds = channel_credentials(tls_ca, tls_cert, tls_key)
+        self._channels: dict[int, grpc.Channel] = {}
+        self._stubs: dict[int, dict[str, Any]] = {}
+        self._current = 0
+        self.failovers = 0  # calls that moved on to another address (observability, tests)
+        self._lock = threading.Lock()
+
+    @property
+    def target(self) -> str:
+        """The address calls go to now."""
+        return self.addresses[self._current]
 
     def __enter__(self) -> MeshClient:
         return self
@@ -333,14 +500,53 @@ class MeshClient:
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        with self._lock:
+            channels, self._channels, self._stubs = list(self._channels.values()), {}, {}
+        for ch in channels:
+            ch.close()
 
-    @contextmanager
-    def _call(self) -> Iterator[None]:
-        try:
-            yield
-        except grpc.RpcError as exc:
-            raise MeshClientError.from_rpc(exc) from exc
+    def _stub(self, index: int, name: str):
+        with self._lock:
+            stubs = self._stubs.get(index)
+            if stubs is None:
+                address = self.addresses[index]
+                if self._creds is None:
+                    ch = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+                else:
+                    ch = grpc.secure_channel(address, self._creds, options=CHANNEL_OPTIONS)
+                self._channels[index] = ch
+                stubs = self._stubs[index] = {
+                    "mm": mm_grpc.ModelMeshStub(ch),
+                    "admin": admin_pb2_grpc.MeshAdminStub(ch),
+                    "v2": v2_grpc.GRPCInferenceServiceStub(ch),
+                }
+            return stubs[name]
+
+    def _run(self, call: Call, timeout: float | None = None) -> Any:
+        """``call`` on the current address, then (on UNAVAILABLE) on the next ones, within one deadline."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        start = self._current
+        last: grpc.RpcError | None = None
+        for step in range(len(self.addresses)):
+            index = (start + step) % len(self.addresses)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                fn = getattr(self._stub(index, call.stub), call.method)
+                resp = fn(call.request, metadata=call.metadata, timeout=remaining)
+            except grpc.RpcError as exc:
+                if not fails_over(exc):
+                    raise MeshClientError.from_rpc(exc) from exc
+                last = exc
+                self.failovers += step < len(self.addresses) - 1
+                continue
+            self._current = index
+            return resp
+        if last is None:
+            raise MeshClientError("DEADLINE_EXCEEDED", f"no answer within {self.timeout}s")
+        self._current = (start + 1) % len(self.addresses)  # start elsewhere next time
+        raise MeshClientError.from_rpc(last) from last
 
     # --- models
 
@@ -360,36 +566,23 @@ class MeshClient:
         """Register a model. ``min_copies``/``max_copies`` (0 = default) bound how many copies the mesh
         keeps; they travel as the ``mm-min-copies``/``mm-max-copies`` headers (a mesh extension), as does
         ``owner`` (``mm-owner``: who manages the registration; ``mesh apply`` sets it)."""
-        req = mm.RegisterModelRequest(
-            modelId=model_id,
-            modelInfo=mm.ModelInfo(type=model_type, path=path, key=key),
-            loadNow=load_now,
-            sync=sync,
-        )
-        md = []
-        if min_copies:
-            md.append(("mm-min-copies", str(min_copies)))
-        if max_copies:
-            md.append(("mm-max-copies", str(max_copies)))
-        if owner:
-            md.append(("mm-owner", owner))
-        with self._call():
-            return model_status_dict(self._mm.registerModel(req, metadata=md, timeout=self.timeout))
+        call = register_call(
+            model_id, model_type, path, key, load_now, sync, min_copies=min_copies, max_copies=max_copies,
+            owner=owner,
+        )  # fmt: skip
+        return model_status_dict(self._run(call))
 
     def unregister(self, model_id: str) -> None:
-        with self._call():
-            self._mm.unregisterModel(mm.UnregisterModelRequest(modelId=model_id), timeout=self.timeout)
+        self._run(Call("mm", "unregisterModel", mm.UnregisterModelRequest(modelId=model_id)))
 
     def status(self, model_id: str) -> dict[str, Any]:
-        with self._call():
-            return model_status_dict(
-                self._mm.getModelStatus(mm.GetStatusRequest(modelId=model_id), timeout=self.timeout)
-            )
+        return model_status_dict(
+            self._run(Call("mm", "getModelStatus", mm.GetStatusRequest(modelId=model_id)))
+        )
 
     def ensure_loaded(self, model_id: str, sync: bool = False) -> dict[str, Any]:
-        req = mm.EnsureLoadedRequest(modelId=model_id, sync=sync)
-        with self._call():
-            return model_status_dict(self._mm.ensureLoaded(req, timeout=self.timeout))
+        call = Call("mm", "ensureLoaded", mm.EnsureLoadedRequest(modelId=model_id, sync=sync))
+        return model_status_dict(self._run(call))
 
     # --- vmodels
 
@@ -409,39 +602,61 @@ class MeshClient:
         update_only: bool = False,
         force: bool = False,
     ) -> dict[str, Any]:
-        req = mm.SetVModelRequest(
-            vModelId=vmodel_id,
-            targetModelId=target_model_id,
-            updateOnly=update_only,
-            autoDeleteTargetModel=auto_delete_target,
-            loadNow=load_now,
-            force=force,
-            sync=sync,
-            expectedTargetModelId=expected_target,
-            owner=owner,
-        )
-        if model_type or path or key:
-            req.modelInfo.CopyFrom(mm.ModelInfo(type=model_type or "", path=path or "", key=key or ""))
-        with self._call():
-            return vmodel_status_dict(self._mm.setVModel(req, timeout=self.timeout))
+        call = set_vmodel_call(
+            vmodel_id, target_model_id, model_type, path, key, owner=owner,
+            auto_delete_target=auto_delete_target, load_now=load_now, sync=sync,
+            expected_target=expected_target, update_only=update_only, force=force,
+        )  # fmt: skip
+        return vmodel_status_dict(self._run(call))
 
     def delete_vmodel(self, vmodel_id: str, owner: str = "") -> None:
-        with self._call():
-            self._mm.deleteVModel(
-                mm.DeleteVModelRequest(vModelId=vmodel_id, owner=owner), timeout=self.timeout
-            )
+        self._run(Call("mm", "deleteVModel", mm.DeleteVModelRequest(vModelId=vmodel_id, owner=owner)))
 
     def vmodel_status(self, vmodel_id: str, owner: str = "") -> dict[str, Any]:
-        req = mm.GetVModelStatusRequest(vModelId=vmodel_id, owner=owner)
-        with self._call():
-            return vmodel_status_dict(self._mm.getVModelStatus(req, timeout=self.timeout))
+        call = Call("mm", "getVModelStatus", mm.GetVModelStatusRequest(vModelId=vmodel_id, owner=owner))
+        return vmodel_status_dict(self._run(call))
 
     # --- cluster
 
-    def cluster_status(self, include_models: bool = True) -> dict[str, Any]:
-        req = admin_pb2.ClusterStatusRequest(include_models=include_models)
-        with self._call():
-            return cluster_status_dict(self._admin.ClusterStatus(req, timeout=self.timeout))
+    def cluster_status_page(
+        self,
+        include_models: bool = True,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        model_id_glob: str = "",
+        model_type: str = "",
+        status: str = "",
+        pod: str = "",
+    ) -> dict[str, Any]:
+        """One page of models (``next_page_token`` continues it; empty on the last page), with the pods."""
+        call = cluster_status_call(
+            include_models, page_size=page_size, page_token=page_token, model_id_glob=model_id_glob,
+            model_type=model_type, status=status, pod=pod,
+        )  # fmt: skip
+        return cluster_status_dict(self._run(call))
+
+    def cluster_status(
+        self,
+        include_models: bool = True,
+        *,
+        page_size: int = 0,
+        model_id_glob: str = "",
+        model_type: str = "",
+        status: str = "",
+        pod: str = "",
+    ) -> dict[str, Any]:
+        """The whole cluster status: every page of models (matching the filters), merged."""
+        pages, token = [], ""
+        while True:
+            page = self.cluster_status_page(
+                include_models, page_size=page_size, page_token=token, model_id_glob=model_id_glob,
+                model_type=model_type, status=status, pod=pod,
+            )  # fmt: skip
+            pages.append(page)
+            token = page["next_page_token"]
+            if not token or not include_models:
+                return merge_pages(pages)
 
     # --- inference
 
@@ -458,21 +673,25 @@ class MeshClient:
         """Run ModelInfer on ``model_id`` (a vModel id with ``vmodel=True``) through the mesh and return
         the outputs as numpy arrays by name. ``inputs`` is ``{name: array-like}`` or one array-like (a list
         of rows), sent as ``input_name``."""
-        req = build_infer_request(model_id, inputs, raw=raw, datatype=datatype, input_name=input_name)
-        header = VMODEL_ID_HEADER if vmodel else MODEL_ID_HEADER
-        with self._call():
-            resp = self._v2.ModelInfer(req, metadata=[(header, model_id)], timeout=self.timeout)
-        return decode_outputs(resp)
+        call = infer_call(model_id, inputs, vmodel=vmodel, raw=raw, datatype=datatype, input_name=input_name)
+        return decode_outputs(self._run(call))
 
     def infer_raw(self, request: v2.ModelInferRequest, *, vmodel: bool = False) -> v2.ModelInferResponse:
         """Send a prepared ModelInferRequest (its ``model_name`` names the model) and return the response."""
-        header = VMODEL_ID_HEADER if vmodel else MODEL_ID_HEADER
-        with self._call():
-            return self._v2.ModelInfer(request, metadata=[(header, request.model_name)], timeout=self.timeout)
+        return self._run(infer_raw_call(request, vmodel=vmodel))
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Block until the channel connects (not the same as health SERVING; see devcluster)."""
-        try:
-            grpc.channel_ready_future(self._channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            raise MeshClientError("UNAVAILABLE", f"{self.target} not reachable within {timeout}s") from None
+        """Block until a channel to one of the addresses connects (not the same as health SERVING)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for index in range(len(self.addresses)):
+                self._stub(index, "mm")
+                try:
+                    grpc.channel_ready_future(self._channels[index]).result(timeout=0.2)
+                except grpc.FutureTimeoutError:
+                    continue
+                self._current = index
+                return
+            if time.monotonic() > deadline:
+                shown = ",".join(self.addresses)
+                raise MeshClientError("UNAVAILABLE", f"{shown} not reachable within {timeout}s")

@@ -18,7 +18,7 @@ import datetime as dt
 import json
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mesh.redact import install_log_redaction
@@ -52,7 +52,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
-def configure_logging(level: str, fmt: str = "text", fields: Mapping[str, Any] | None = None) -> None:
+def configure_logging(
+    level: str, fmt: str = "text", fields: Mapping[str, Any] | None = None, *, secrets: Sequence[str] = ()
+) -> None:
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     handler = logging.StreamHandler(sys.stderr)
@@ -62,7 +64,7 @@ def configure_logging(level: str, fmt: str = "text", fields: Mapping[str, Any] |
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
-    install_log_redaction()  # no credential in a log line, whoever wrote it
+    install_log_redaction(secrets=secrets)  # no credential (nor a secret setting's value) in a log line
 
 
 def add_log_fields(fields: Mapping[str, Any]) -> None:

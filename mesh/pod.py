@@ -58,7 +58,7 @@ from mesh.dataplane.server import InferenceHandler, add_health
 from mesh.errors import MeshError
 from mesh.health import LoopWatchdog, PodHealth, channel_up
 from mesh.ids import check_id, default_instance_id
-from mesh.kv.client import EtcdTls, KvClient
+from mesh.kv.client import KvClient
 from mesh.kv.election import Election
 from mesh.kv.keys import Keys
 from mesh.kv.records import InstanceRecord, ModelRecord, VModelRecord
@@ -72,7 +72,7 @@ from mesh.local.stats import RequestStats
 from mesh.logs import add_log_fields, configure_logging
 from mesh.metrics import ClusterTotals, InstanceStats, MeshMetrics
 from mesh.peers import PeerClient
-from mesh.settings import MeshSettings, add_arguments, load_settings
+from mesh.settings import MeshSettings, SettingError, add_arguments, load_settings
 from mesh.tasks import TaskSupervisor
 from mesh.tracing import TRACING, TracingUnavailable
 from protos.meshadmin import admin_pb2_grpc
@@ -89,7 +89,7 @@ class Pod:
         self.instance_id = check_id(
             settings.instance_id or default_instance_id(settings.hostname), what="instance id"
         )
-        self.keys = Keys.for_root(settings.kv_root)
+        self.keys = Keys.for_root(settings.key_root)
         self.metrics = metrics or MeshMetrics(
             per_model=settings.per_model_metrics, per_model_cap=settings.per_model_metrics_max
         )
@@ -110,7 +110,7 @@ class Pod:
             spi_address=s.runtime_address,
             serving_address=s.serving,
             command=shlex.split(s.runtime_cmd) if s.runtime_cmd else None,
-            env=self._runtime_env(),
+            env=s.runtime_process_env(),
             startup_timeout_s=s.runtime_startup_timeout_s,
             max_message_bytes=s.max_message_bytes,
             on_restart=self.metrics.runtime_restarts.inc,
@@ -147,12 +147,7 @@ class Pod:
 
     async def _start_kv(self) -> None:
         s = self.settings
-        etcd_tls = (
-            EtcdTls(s.etcd_ca or None, s.etcd_cert or None, s.etcd_key or None)
-            if (s.etcd_ca or s.etcd_cert)
-            else None
-        )
-        self.kv = KvClient(s.etcd_endpoints, tls=etcd_tls, timeout=s.etcd_timeout_s)
+        self.kv = KvClient.from_settings(s)
         await self.kv.connect()
         self.registry_table = Table(
             self.kv, self.keys.registry_prefix, ModelRecord.from_json, name="registry"
@@ -327,6 +322,7 @@ class Pod:
             tasks=self.tasks,
             peer_auth=self.peer_auth,
             clock=self.clock,
+            default_vmodel_owner=s.default_vmodel_owner,
         )
         self.vmodels = VModels(
             self.views,
@@ -347,6 +343,7 @@ class Pod:
             cache=self.cache,
             is_leader=lambda: self.election.leader_id,
             failure_expiry_ms=s.load_failure_expiry_ms,
+            load_timeout_ms=lambda: int(self.loader.load_timeout_s * 1000),
             clock=self.clock,
         )
         admin_pb2_grpc.add_MeshAdminServicer_to_server(admin, self.server)
@@ -437,17 +434,6 @@ class Pod:
         totals = ClusterTotals(loaded=loaded, with_failure=failed, managed=managed)
         self._totals = (now, totals)
         return totals
-
-    def _runtime_env(self) -> dict[str, str] | None:
-        """The runtime inherits the pod's environment, plus its storage config and the pod's tracing and log
-        format when those were set by flag or config file rather than by environment."""
-        s = self.settings
-        extra = {**s.runtime_env}
-        if s.tracing != "off":
-            extra.update(MM_TRACING=s.tracing, MM_TRACING_ENDPOINT=s.tracing_endpoint)
-        if s.log_format != "text":
-            extra["MM_LOG_FORMAT"] = s.log_format
-        return {**os.environ, **extra} if extra else None
 
     # ------------------------------------------------------------------ wiring callbacks
     def kv_healthy(self) -> bool:
@@ -595,8 +581,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mesh serve", description="Run one mesh pod.")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    settings = load_settings(args)
-    configure_logging(settings.log_level, settings.log_format)
+    try:
+        settings = load_settings(args)
+    except SettingError as exc:
+        print(exc.message, file=sys.stderr)  # the whole story: "MM_X: 'v' is not <what>"
+        return 2
+    configure_logging(settings.log_level, settings.log_format, secrets=settings.secret_values())
     try:
         TRACING.configure(settings.tracing, service="modelmesh-py", endpoint=settings.tracing_endpoint)
     except TracingUnavailable as exc:

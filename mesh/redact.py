@@ -99,25 +99,36 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """Rewrites each record's message (and formatted traceback) through ``redact_text``."""
+    """Rewrites each record's message (and formatted traceback) through ``redact_text``, also masking the
+    exact ``secrets`` given (e.g. the pod's etcd password and token)."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.secrets: set[str] = {s for s in secrets if s}
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
         except Exception:  # a broken format string: leave it to the formatter's own error path
             return True
-        record.msg = redact_text(message)
+        record.msg = redact_text(message, self.secrets)
         record.args = None
         if record.exc_info:
-            record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info), self.secrets)
             record.exc_info = None
         if record.stack_info:
-            record.stack_info = redact_text(record.stack_info)
+            record.stack_info = redact_text(record.stack_info, self.secrets)
         return True
 
 
-def install_log_redaction(logger: logging.Logger | None = None) -> None:
-    """Add a RedactingFilter to every handler of ``logger`` (default: the root logger). Idempotent."""
+def install_log_redaction(logger: logging.Logger | None = None, secrets: Iterable[str] = ()) -> None:
+    """Add a RedactingFilter to every handler of ``logger`` (default: the root logger), masking ``secrets``
+    too. Idempotent; a second call adds its secrets to the filters already there."""
+    secrets = [s for s in secrets if s]
     for handler in (logger or logging.getLogger()).handlers:
-        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-            handler.addFilter(RedactingFilter())
+        present = [f for f in handler.filters if isinstance(f, RedactingFilter)]
+        if present:
+            for f in present:
+                f.secrets.update(secrets)
+        else:
+            handler.addFilter(RedactingFilter(secrets))

@@ -93,6 +93,21 @@ class InvalidStorageConfig(PullError):
         self.reason = reason
 
 
+class ClientNotInstalled(PullError):
+    """A storage entry needs an optional client library that is not installed (the ``minio`` extra)."""
+
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, *, storage_key: str, client: str, extra: str) -> None:
+        super().__init__(
+            f"storage '{storage_key}' uses the {client} client, which is not installed in this runtime: "
+            f"install the '{extra}' extra (pip install 'modelmesh-py[{extra}]'), or use an s3 entry with the "
+            "default boto3 client"
+        )
+        self.storage_key = storage_key
+        self.client = client
+
+
 class BucketNotFound(PullError):
     """The bucket does not exist, or no bucket was given at all."""
 

@@ -223,7 +223,7 @@ class Puller:
         if provider is None:
             from puller.providers import make_provider
 
-            provider = make_provider(name, self._s)
+            provider = make_provider(name, self._s, storage_key=entry.storage_key)
             self._providers[name] = provider
         return provider
 

@@ -1,8 +1,8 @@
 """Process plumbing shared by the MLServer and Triton adapter processes (their ``__main__`` modules).
 
-Owns the flags every repository adapter takes (the SPI port, capacity, model dir, local roots, storage
-config, loading concurrency/timeout, default size), turning them into ``RuntimeSettings`` (flags > env >
-cgroup > defaults) and ``PullerSettings``, and the serve loop: start the SPI server, run until
+Owns the flags every repository adapter takes (the runtime settings' own, from
+``runtime_adapters.settings.add_arguments``, plus ``--repo``), turning them into ``RuntimeSettings`` (flags >
+env > cgroup > defaults) and ``PullerSettings``, and the serve loop: start the SPI server, run until
 SIGTERM/SIGINT, stop with a grace period, then run the adapter's own shutdown (e.g. stop MLServer).
 """
 
@@ -11,49 +11,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from mesh.redact import install_log_redaction
 from puller.pull import Puller
 from puller.settings import PullerSettings
+from puller.settings import add_arguments as add_puller_arguments
 from runtime_adapters.repository_adapter import RepositoryAdapter
 from runtime_adapters.server import ModelRuntimeServicer, start_server
-from runtime_adapters.settings import RuntimeSettings
+from runtime_adapters.settings import RuntimeSettings, add_arguments
 
 log = logging.getLogger("runtime_adapters.repository")
 
-_SETTINGS_FLAGS = ("host", "port", "socket_path", "capacity_bytes", "model_dir", "storage_config",
-                   "loading_concurrency", "load_timeout_ms", "default_model_size")  # fmt: skip
-
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default=None, help="SPI bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="SPI gRPC port (default 8085, env ADAPTER_PORT)")
-    p.add_argument("--socket", dest="socket_path", default=None, help="also listen on this unix socket")
-    p.add_argument("--capacity", dest="capacity_bytes", type=int, default=None,
-                   help="model memory in bytes (default: CONTAINER_MEM_REQ_BYTES or cgroup limit minus "
-                        "MEM_BUFFER_BYTES)")  # fmt: skip
-    p.add_argument("--model-dir", type=Path, default=None, help="where pulled models go (env ROOT_MODEL_DIR)")
+    """The runtime settings' flags (one per ``RuntimeSettings`` field, but the built-in's predict threads)
+    and ``--repo``."""
+    add_arguments(p, exclude=("predict_threads",))
+    add_puller_arguments(p)
     p.add_argument("--repo", type=Path, default=None,
                    help="the model server's repository dir (default: <model-dir>/../<server>-repo)")  # fmt: skip
-    p.add_argument("--local-root", dest="local_roots", type=Path, action="append", default=None,
-                   help="root that local model paths must stay inside (repeatable)")  # fmt: skip
-    p.add_argument("--storage-config", type=Path, default=None, help="storage config JSON file or dir")
-    p.add_argument("--loading-concurrency", type=int, default=None, help="parallel loads (default 1)")
-    p.add_argument("--load-timeout-ms", type=int, default=None, help="pull+load deadline (default 90000)")
-    p.add_argument("--default-model-size", type=int, default=None, help="bytes (default 1000000)")
-    p.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
 
 
 def build_settings(args: argparse.Namespace) -> tuple[RuntimeSettings, PullerSettings]:
-    flags = {k: getattr(args, k) for k in _SETTINGS_FLAGS}
-    if args.local_roots:
-        flags["local_roots"] = tuple(args.local_roots)
-    settings = RuntimeSettings.from_env(**flags)
+    settings = RuntimeSettings.from_args(args)
     puller_overrides: dict = {}
     if settings.model_dir is not None:
         puller_overrides["model_dir"] = settings.model_dir
@@ -61,7 +43,7 @@ def build_settings(args: argparse.Namespace) -> tuple[RuntimeSettings, PullerSet
         puller_overrides["local_roots"] = tuple(p.resolve() for p in settings.local_roots)
     if settings.storage_config is not None:
         puller_overrides["storage_config"] = settings.storage_config
-    return settings, PullerSettings.from_env(**puller_overrides)
+    return settings, PullerSettings.from_args(args, **puller_overrides)
 
 
 def repo_dir(args: argparse.Namespace, puller_settings: PullerSettings, server: str) -> Path:
@@ -70,13 +52,6 @@ def repo_dir(args: argparse.Namespace, puller_settings: PullerSettings, server: 
         return Path(args.repo).resolve()
     model_dir = Path(puller_settings.model_dir).resolve()
     return model_dir.parent / f"{model_dir.name}-{server}-repo"
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    install_log_redaction()  # no credential in any line, a library's own included
 
 
 async def serve(

@@ -69,8 +69,10 @@ class ModelMeshServicer(pb_grpc.ModelMeshServicer):
         tasks: TaskSupervisor,
         peer_auth: PeerAuth,
         clock: Clock = SYSTEM_CLOCK,
+        default_vmodel_owner: str = "",
     ) -> None:
         self.instance_id = instance_id
+        self.default_vmodel_owner = default_vmodel_owner  # MM_DEFAULT_VMODEL_OWNER: for sets that name none
         self.registry = registry
         self.views = views
         self.cache = cache
@@ -205,7 +207,7 @@ class ModelMeshServicer(pb_grpc.ModelMeshServicer):
             SetRequest(
                 vmodel_id=vmodel_id,
                 target=target,
-                owner=request.owner,
+                owner=request.owner or self.default_vmodel_owner,
                 update_only=request.updateOnly,
                 expected_target=request.expectedTargetModelId,
                 force=request.force,

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,6 +172,7 @@ class LocalCluster:
         tls_ca: str | None = None,
         tls_client: tuple[str, str] | None = None,
         per_pod_args: dict[int, Sequence[str]] | None = None,
+        on_event: Callable[[str, Any], None] | None = None,
     ) -> None:
         if pods < 1:
             raise ValueError("pods must be >= 1")
@@ -200,6 +201,8 @@ class LocalCluster:
         self.data_dir = Path(data_dir).resolve() if data_dir else Path(tempfile.mkdtemp(prefix="mesh-local-"))
         self._etcd: Any = None
         self.pods: list[PodProcess] = []
+        # Progress of start(): ("etcd", endpoint), ("pod-started", PodProcess), ("pod-serving", PodProcess)
+        self._on_event = on_event or (lambda what, detail: None)
 
     # --- public surface
 
@@ -224,10 +227,12 @@ class LocalCluster:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             if self.etcd_endpoint is None:
                 self._start_etcd()
+            self._on_event("etcd", self.etcd_endpoint)
             if self.base_port == 0:
                 self.base_port = pick_base_port(0, self.pod_count)
             for i in range(self.pod_count):
                 self.pods.append(self._spawn_pod(i))
+                self._on_event("pod-started", self.pods[-1])
             self.wait_ready()
         except BaseException:
             self.stop()
@@ -246,6 +251,7 @@ class LocalCluster:
                 pod.remember_descendants()
                 if health_serving(pod.address, timeout=0.5, tls_ca=self.tls_ca, tls_client=self.tls_client):
                     pending.remove(pod)
+                    self._on_event("pod-serving", pod)
             if pending and time.monotonic() > deadline:
                 pod = pending[0]
                 raise ClusterStartError(

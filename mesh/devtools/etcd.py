@@ -15,6 +15,7 @@ through ``asyncio.to_thread``.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import importlib.util
@@ -30,6 +31,7 @@ import threading
 import time
 import urllib.request
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,6 +205,32 @@ class EmbeddedEtcd:
         subprocess.run(
             cmd, check=True, capture_output=True, timeout=30, env={**os.environ, "ETCDCTL_API": "3"}
         )
+
+    def enable_auth(
+        self, root_password: str, users: Mapping[str, tuple[str, str]] = (), *, client_tls=None
+    ) -> None:
+        """Turn on etcd authentication through the Auth API (what ``etcdctl auth enable`` does): a ``root``
+        user with the ``root`` role, then for each ``name: (password, key prefix)`` a user and a role of the
+        same name allowed to read and write that prefix. ``client_tls`` (an ``EtcdTls``) for a TLS server.
+        Blocking; from async code use ``to_thread``."""
+        from mesh.kv.client import KvClient  # the only module that speaks etcd's API
+
+        async def run() -> None:
+            kv = KvClient(self.client_url, tls=client_tls, timeout=10.0)
+            try:
+                await kv.add_user("root", root_password)
+                await kv.add_role("root")
+                await kv.grant_role("root", "root")
+                for name, (password, prefix) in dict(users).items():
+                    await kv.add_user(name, password)
+                    await kv.add_role(name)
+                    await kv.grant_prefix(name, prefix)
+                    await kv.grant_role(name, name)
+                await kv.enable_auth()
+            finally:
+                await kv.close()
+
+        asyncio.run(run())
 
     def log_tail(self, lines: int = 40) -> str:
         try:

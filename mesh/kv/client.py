@@ -1,14 +1,20 @@
-"""``KvClient``: the mesh's only etcd client, and the only module that imports ``aetcd``.
+"""``KvClient``: the mesh's only etcd client, and the only module of the pod that imports the etcd stubs.
 
 Owns the gRPC channel to etcd, the translation of every etcd/gRPC error into ``mesh.errors`` (one table,
 ``_translate``), the per-call timeout, and the retry policy (``retry`` / ``RETRYABLE``) that callers wrap
 around idempotent operations.
 
-Why raw stubs: ``aetcd`` 1.0 only opens insecure channels, delivers watch events one at a time (losing the
-per-revision batches we need to apply multi-key txns atomically) and multiplexes all watches on one stream
-whose failure it reports as a generic error. So we use only its generated protobuf stubs (``aetcd.rpc``) on a
-channel we create ourselves: insecure, or ``grpc.aio.secure_channel`` with ``ssl_channel_credentials`` built
-from the ``EtcdTls`` files. Each ``watch_prefix`` call is its own Watch stream.
+Why raw stubs: the asyncio etcd client packages open insecure channels only, deliver watch events one at a
+time (losing the per-revision batches we need to apply multi-key txns atomically) and multiplex all watches on
+one stream whose failure they report as a generic error. So we call etcd's gRPC API directly, through stubs
+generated from etcd's own API definitions (``protos/etcd/``, ``scripts/gen_protos.sh``), on a channel we
+create ourselves: insecure, or ``grpc.aio.secure_channel`` with ``ssl_channel_credentials`` built from the
+``EtcdTls`` files (or PEM text). Each ``watch_prefix`` call is its own Watch stream.
+
+``home`` is the key the connect probe and ``current_revision`` read (the cluster's root), so an etcd role
+limited to that prefix is enough. Authentication (etcd with auth enabled): a username and password (``Authenticate`` on every connect, again
+when etcd says the token expired), or a pre-issued token (``token``, or ``token_file`` re-read when etcd
+rejects the token, so a rotated file applies). The token travels as the ``token`` call metadata.
 
 Endpoints: one or several ``host:port`` (a comma-separated string or a sequence; ``http://``/``https://``
 prefixes are accepted, ``https`` implies TLS with system roots when no ``tls`` is given). ``connect`` uses the
@@ -28,7 +34,6 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import grpc
-from aetcd import rpc
 
 from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.errors import (
@@ -41,6 +46,10 @@ from mesh.errors import (
     Source,
     from_rpc_error,
 )
+from protos.etcd.authpb import auth_pb2
+from protos.etcd.etcdserverpb import rpc_pb2 as rpc
+from protos.etcd.etcdserverpb import rpc_pb2_grpc as rpc_grpc
+from protos.etcd.mvccpb import kv_pb2
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,7 +101,8 @@ async def retry(
 
 @dataclass(frozen=True)
 class EtcdTls:
-    """TLS to etcd: CA bundle (None = system roots), optional client cert/key, optional SNI/name override."""
+    """TLS to etcd: CA bundle (None = system roots), optional client cert/key, optional SNI/name override.
+    Each of the three is a file path, or PEM text itself (KV_STORE's embedded ``certificate``)."""
 
     ca_file: str | None = None
     cert_file: str | None = None
@@ -142,12 +152,16 @@ def _prefix_end(prefix: bytes) -> bytes:
     return b"\0"  # all 0xff (or empty): to the end of the keyspace
 
 
-def _entry(kv: rpc.KeyValue) -> KvEntry:
+def _entry(kv: kv_pb2.KeyValue) -> KvEntry:
     return KvEntry(kv.key.decode(), kv.value, kv.mod_revision, kv.create_revision, kv.lease)
 
 
-def _read(path: str | None) -> bytes | None:
-    return Path(path).read_bytes() if path else None
+def _read(path_or_pem: str | None) -> bytes | None:
+    if not path_or_pem:
+        return None
+    if path_or_pem.lstrip().startswith("-----BEGIN"):
+        return path_or_pem.encode()
+    return Path(path_or_pem).read_bytes()
 
 
 def channel_credentials(tls: EtcdTls) -> grpc.ChannelCredentials:
@@ -170,13 +184,22 @@ class KvClient:
         timeout: float = 5.0,
         username: str | None = None,
         password: str | None = None,
+        token: str | None = None,
+        token_file: str | None = None,
+        home: str = "",
     ) -> None:
         self._endpoints, https = _parse_endpoints(endpoints)
         self._tls = tls if tls is not None else (EtcdTls() if https else None)
         self._timeout = timeout
         if (username is None) != (password is None):
             raise ValueError("etcd username and password must be given together")
+        if sum(x is not None for x in (username, token, token_file)) > 1:
+            raise ValueError("give one etcd credential: a username and password, a token, or a token file")
         self._username, self._password = username, password
+        self._token, self._token_file = token, token_file
+        # The key the connect probe and revision reads look at: the cluster's root, so a role that may read
+        # only that prefix suffices (etcd answers PERMISSION_DENIED for any other key).
+        self._home = home.encode() or b"\0"
         self._channel: grpc.aio.Channel | None = None
         self._index = 0  # endpoint the current channel points at
         self._metadata: tuple[tuple[str, str], ...] | None = None
@@ -184,8 +207,38 @@ class KvClient:
         self._needs_failover = False
         self._closed = False
 
+    @classmethod
+    def from_settings(cls, s) -> KvClient:
+        """The client a pod's ``MeshSettings`` describe (endpoints, TLS, credentials, timeout)."""
+        tls = None
+        if s.etcd_ca or s.etcd_cert or s.etcd_server_name:
+            tls = EtcdTls(
+                s.etcd_ca or None, s.etcd_cert or None, s.etcd_key or None, s.etcd_server_name or None
+            )
+        return cls(
+            s.etcd_endpoints,
+            tls=tls,
+            timeout=s.etcd_timeout_s,
+            username=s.etcd_username or None,
+            password=s.etcd_password if s.etcd_username else None,
+            token=s.etcd_token or None,
+            token_file=s.etcd_token_path or None,
+            home=s.key_root,
+        )
+
     def __repr__(self) -> str:  # never shows credentials
-        return f"KvClient({','.join(self._endpoints)!r}, tls={self._tls is not None})"
+        return f"KvClient({','.join(self._endpoints)!r}, tls={self._tls is not None}, auth={self._auth_kind})"
+
+    @property
+    def _auth_kind(self) -> str:
+        if self._username is not None:
+            return "password"
+        return "token" if (self._token or self._token_file) else "none"
+
+    @property
+    def _renewable(self) -> bool:
+        """Whether a rejected token can be replaced (a password to re-authenticate, a file to re-read)."""
+        return self._username is not None or self._token_file is not None
 
     @property
     def endpoint(self) -> str:
@@ -233,24 +286,39 @@ class KvClient:
                     await channel.close()
                     if not isinstance(exc, Exception):
                         raise
+                    if not isinstance(exc, KvUnavailable):
+                        raise  # etcd answered (bad credentials, permission): another endpoint says the same
                     last = exc
                     continue
                 self._channel, self._index, self._needs_failover = channel, index, False
                 return
             raise KvUnavailable(f"no etcd endpoint reachable ({', '.join(self._endpoints)})") from last
 
+    def _read_token_file(self) -> str:
+        try:
+            token = Path(self._token_file).read_text().strip()
+        except OSError as exc:
+            raise KvError(f"etcd token file {self._token_file}: {exc.strerror or exc}") from None
+        if not token:
+            raise KvError(f"etcd token file {self._token_file} is empty")
+        return token
+
     async def _probe(self, channel: grpc.aio.Channel) -> None:
         """Authenticate if configured, then a one-key Range to prove the endpoint serves requests."""
         metadata = None
         try:
             if self._username is not None:
-                resp = await rpc.AuthStub(channel).Authenticate(
+                resp = await rpc_grpc.AuthStub(channel).Authenticate(
                     rpc.AuthenticateRequest(name=self._username, password=self._password),
                     timeout=self._timeout,
                 )
                 metadata = (("token", resp.token),)
-            await rpc.KVStub(channel).Range(
-                rpc.RangeRequest(key=b"\0", limit=1, count_only=True),
+            elif self._token_file is not None:
+                metadata = (("token", self._read_token_file()),)
+            elif self._token is not None:
+                metadata = (("token", self._token),)
+            await rpc_grpc.KVStub(channel).Range(
+                rpc.RangeRequest(key=self._home, limit=1, count_only=True),
                 timeout=self._timeout,
                 metadata=metadata,
             )
@@ -278,7 +346,7 @@ class KvClient:
                 return await fn(request, timeout=self._timeout, metadata=self._metadata)
             except Exception as exc:
                 err = _translate(exc, what)
-                if attempt == 0 and self._username is not None and isinstance(err, KvAuthExpired):
+                if attempt == 0 and self._renewable and isinstance(err, KvAuthExpired):
                     self._needs_failover = False
                     await self._reauthenticate(channel)
                     continue
@@ -299,38 +367,40 @@ class KvClient:
 
     async def get_with_revision(self, key: str) -> tuple[KvEntry | None, int]:
         """The entry (or None) and the store revision the read was served at."""
-        resp = await self._call(rpc.KVStub, "Range", rpc.RangeRequest(key=key.encode()), "get")
+        resp = await self._call(rpc_grpc.KVStub, "Range", rpc.RangeRequest(key=key.encode()), "get")
         return (_entry(resp.kvs[0]) if resp.kvs else None), resp.header.revision
 
     async def get_prefix(self, prefix: str) -> tuple[list[KvEntry], int]:
         """All entries under ``prefix`` (in key order) and the header revision of that consistent read."""
         raw = prefix.encode()
         req = rpc.RangeRequest(key=raw, range_end=_prefix_end(raw))
-        resp = await self._call(rpc.KVStub, "Range", req, "get_prefix")
+        resp = await self._call(rpc_grpc.KVStub, "Range", req, "get_prefix")
         return [_entry(kv) for kv in resp.kvs], resp.header.revision
 
     async def current_revision(self) -> int:
         """The store's current revision (a count-only Range)."""
-        req = rpc.RangeRequest(key=b"\0", limit=1, count_only=True)
-        resp = await self._call(rpc.KVStub, "Range", req, "revision")
+        req = rpc.RangeRequest(key=self._home, limit=1, count_only=True)
+        resp = await self._call(rpc_grpc.KVStub, "Range", req, "revision")
         return resp.header.revision
 
     async def put(self, key: str, value: bytes, *, lease: int | None = None) -> int:
         req = rpc.PutRequest(key=key.encode(), value=value, lease=lease or 0)
-        resp = await self._call(rpc.KVStub, "Put", req, "put")
+        resp = await self._call(rpc_grpc.KVStub, "Put", req, "put")
         return resp.header.revision
 
     async def delete(self, key: str) -> bool:
-        resp = await self._call(rpc.KVStub, "DeleteRange", rpc.DeleteRangeRequest(key=key.encode()), "delete")
+        resp = await self._call(
+            rpc_grpc.KVStub, "DeleteRange", rpc.DeleteRangeRequest(key=key.encode()), "delete"
+        )
         return resp.deleted > 0
 
     async def compact(self, revision: int) -> None:
         """Compact history up to ``revision`` (operations and tests)."""
-        await self._call(rpc.KVStub, "Compact", rpc.CompactionRequest(revision=revision), "compact")
+        await self._call(rpc_grpc.KVStub, "Compact", rpc.CompactionRequest(revision=revision), "compact")
 
     async def _txn(self, compare: list, success: list, failure: list, what: str) -> rpc.TxnResponse:
         req = rpc.TxnRequest(compare=compare, success=success, failure=failure)
-        return await self._call(rpc.KVStub, "Txn", req, what)
+        return await self._call(rpc_grpc.KVStub, "Txn", req, what)
 
     @staticmethod
     def _mod_equals(key: bytes, revision: int) -> rpc.Compare:
@@ -380,7 +450,9 @@ class KvClient:
     # --- leases -------------------------------------------------------------------------------
 
     async def lease_grant(self, ttl: int) -> int:
-        resp = await self._call(rpc.LeaseStub, "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl), "lease_grant")
+        resp = await self._call(
+            rpc_grpc.LeaseStub, "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl), "lease_grant"
+        )
         if resp.error:
             raise KvError(f"etcd lease_grant: {resp.error}")
         return resp.ID
@@ -389,7 +461,8 @@ class KvClient:
         """Refresh the lease once; returns the remaining TTL, ``<= 0`` when it has expired or is unknown."""
         if self._channel is None or self._needs_failover:
             await self.connect()
-        call = rpc.LeaseStub(self._channel).LeaseKeepAlive(timeout=self._timeout, metadata=self._metadata)
+        channel = self._channel
+        call = rpc_grpc.LeaseStub(channel).LeaseKeepAlive(timeout=self._timeout, metadata=self._metadata)
         try:
             await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
             resp = await call.read()
@@ -397,6 +470,8 @@ class KvClient:
             err = _translate(exc, "lease_keepalive")
             if isinstance(err, LeaseNotFound):
                 return 0
+            if isinstance(err, KvAuthExpired) and self._renewable:
+                await self._reauthenticate(channel)  # the caller's next try carries the new token
             if isinstance(err, KvUnavailable) and len(self._endpoints) > 1:
                 self._needs_failover = True
             raise err from exc
@@ -410,10 +485,49 @@ class KvClient:
         """Revoke a lease (and delete its keys). An unknown lease counts as already revoked."""
         try:
             await self._call(
-                rpc.LeaseStub, "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease_id), "lease_revoke"
+                rpc_grpc.LeaseStub, "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease_id), "lease_revoke"
             )
         except LeaseNotFound:
             pass
+
+    # --- administration: users, roles, auth (dev tools, tests, operators' scripts) ------------------
+
+    async def add_user(self, name: str, password: str) -> None:
+        await self._call(
+            rpc_grpc.AuthStub, "UserAdd", rpc.AuthUserAddRequest(name=name, password=password), "user add"
+        )
+
+    async def add_role(self, name: str) -> None:
+        await self._call(rpc_grpc.AuthStub, "RoleAdd", rpc.AuthRoleAddRequest(name=name), "role add")
+
+    async def grant_prefix(self, role: str, prefix: str, *, write: bool = True) -> None:
+        """Let ``role`` read (and with ``write`` also write) every key under ``prefix``."""
+        raw = prefix.encode()
+        perm = auth_pb2.Permission(
+            permType=auth_pb2.Permission.READWRITE if write else auth_pb2.Permission.READ,
+            key=raw,
+            range_end=_prefix_end(raw),
+        )
+        req = rpc.AuthRoleGrantPermissionRequest(name=role, perm=perm)
+        await self._call(rpc_grpc.AuthStub, "RoleGrantPermission", req, "role grant")
+
+    async def grant_role(self, user: str, role: str) -> None:
+        req = rpc.AuthUserGrantRoleRequest(user=user, role=role)
+        await self._call(rpc_grpc.AuthStub, "UserGrantRole", req, "user grant")
+
+    async def enable_auth(self) -> None:
+        """Turn authentication on (etcd needs a ``root`` user holding the ``root`` role first)."""
+        await self._call(rpc_grpc.AuthStub, "AuthEnable", rpc.AuthEnableRequest(), "auth enable")
+
+    async def auth_enabled(self) -> bool:
+        resp = await self._call(rpc_grpc.AuthStub, "AuthStatus", rpc.AuthStatusRequest(), "auth status")
+        return resp.enabled
+
+    async def authenticate(self, name: str, password: str) -> str:
+        """A fresh token for ``name`` (what an operator hands to ``MM_ETCD_TOKEN``)."""
+        req = rpc.AuthenticateRequest(name=name, password=password)
+        resp = await self._call(rpc_grpc.AuthStub, "Authenticate", req, "authenticate")
+        return resp.token
 
     # --- watch --------------------------------------------------------------------------------
 
@@ -430,13 +544,16 @@ class KvClient:
             await self.connect()
         raw = prefix.encode()
         create = rpc.WatchCreateRequest(key=raw, range_end=_prefix_end(raw), start_revision=start_revision)
-        call = rpc.WatchStub(self._channel).Watch(metadata=self._metadata)
+        channel = self._channel
+        call = rpc_grpc.WatchStub(channel).Watch(metadata=self._metadata)
         try:
             try:
                 await call.write(rpc.WatchRequest(create_request=create))
                 first = await asyncio.wait_for(call.read(), self._timeout)
             except Exception as exc:
                 err = _translate(exc, "watch create")
+                if isinstance(err, KvAuthExpired) and self._renewable:
+                    await self._reauthenticate(channel)  # the owner re-creates the watch with the new token
                 if isinstance(err, KvUnavailable) and len(self._endpoints) > 1:
                     self._needs_failover = True
                 raise err from exc
@@ -453,7 +570,7 @@ class KvClient:
                 if resp.events:
                     yield [
                         WatchEvent(
-                            "delete" if ev.type == rpc.Event.DELETE else "put",
+                            "delete" if ev.type == kv_pb2.Event.DELETE else "put",
                             ev.kv.key.decode(),
                             ev.kv.value,
                             ev.kv.mod_revision,

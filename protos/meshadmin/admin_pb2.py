@@ -24,23 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cprotos/meshadmin/admin.proto\x12\tmeshadmin\".\n\x14\x43lusterStatusRequest\x12\x16\n\x0einclude_models\x18\x01 \x01(\x08\"\xf8\x01\n\x0eInstanceStatus\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04zone\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x05 \x01(\x04\x12\x12\n\nused_bytes\x18\x06 \x01(\x04\x12\x12\n\nlru_age_ms\x18\x07 \x01(\x03\x12\x13\n\x0bmodel_count\x18\x08 \x01(\r\x12\x19\n\x11loads_in_progress\x18\t \x01(\r\x12\x0b\n\x03rpm\x18\n \x01(\r\x12\x15\n\rshutting_down\x18\x0b \x01(\x08\x12\x0e\n\x06leader\x18\x0c \x01(\x08\"\xea\x01\n\x0cModelSummary\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x11\n\tloaded_on\x18\x03 \x03(\t\x12\x12\n\nloading_on\x18\x04 \x03(\t\x12\x11\n\tfailed_on\x18\x05 \x03(\t\x12\x14\n\x0clast_used_ms\x18\x06 \x01(\x03\x12\x0e\n\x06status\x18\x07 \x01(\t\x12\x0e\n\x06\x65rrors\x18\x08 \x03(\t\x12\r\n\x05owner\x18\t \x01(\t\x12\x12\n\nmin_copies\x18\n \x01(\r\x12\x12\n\nmax_copies\x18\x0b \x01(\r\x12\x13\n\x0bspec_digest\x18\x0c \x01(\t\"s\n\rVModelSummary\x12\x11\n\tvmodel_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x17\n\x0f\x61\x63tive_model_id\x18\x03 \x01(\t\x12\x17\n\x0ftarget_model_id\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\"\xb6\x01\n\x15\x43lusterStatusResponse\x12\x1b\n\x13responding_instance\x18\x01 \x01(\t\x12,\n\tinstances\x18\x02 \x03(\x0b\x32\x19.meshadmin.InstanceStatus\x12\'\n\x06models\x18\x03 \x03(\x0b\x32\x17.meshadmin.ModelSummary\x12)\n\x07vmodels\x18\x04 \x03(\x0b\x32\x18.meshadmin.VModelSummary2a\n\tMeshAdmin\x12T\n\rClusterStatus\x12\x1f.meshadmin.ClusterStatusRequest\x1a .meshadmin.ClusterStatusResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cprotos/meshadmin/admin.proto\x12\tmeshadmin\"\x9f\x01\n\x14\x43lusterStatusRequest\x12\x16\n\x0einclude_models\x18\x01 \x01(\x08\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x15\n\rmodel_id_glob\x18\x04 \x01(\t\x12\x0c\n\x04type\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x13\n\x0binstance_id\x18\x07 \x01(\t\"\xf8\x01\n\x0eInstanceStatus\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04zone\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x05 \x01(\x04\x12\x12\n\nused_bytes\x18\x06 \x01(\x04\x12\x12\n\nlru_age_ms\x18\x07 \x01(\x03\x12\x13\n\x0bmodel_count\x18\x08 \x01(\r\x12\x19\n\x11loads_in_progress\x18\t \x01(\r\x12\x0b\n\x03rpm\x18\n \x01(\r\x12\x15\n\rshutting_down\x18\x0b \x01(\x08\x12\x0e\n\x06leader\x18\x0c \x01(\x08\"\xfe\x01\n\x0cModelSummary\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x11\n\tloaded_on\x18\x03 \x03(\t\x12\x12\n\nloading_on\x18\x04 \x03(\t\x12\x11\n\tfailed_on\x18\x05 \x03(\t\x12\x14\n\x0clast_used_ms\x18\x06 \x01(\x03\x12\x0e\n\x06status\x18\x07 \x01(\t\x12\x0e\n\x06\x65rrors\x18\x08 \x03(\t\x12\r\n\x05owner\x18\t \x01(\t\x12\x12\n\nmin_copies\x18\n \x01(\r\x12\x12\n\nmax_copies\x18\x0b \x01(\r\x12\x13\n\x0bspec_digest\x18\x0c \x01(\t\x12\x12\n\nsize_bytes\x18\r \x01(\x04\"s\n\rVModelSummary\x12\x11\n\tvmodel_id\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x17\n\x0f\x61\x63tive_model_id\x18\x03 \x01(\t\x12\x17\n\x0ftarget_model_id\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\"\xfe\x01\n\x15\x43lusterStatusResponse\x12\x1b\n\x13responding_instance\x18\x01 \x01(\t\x12,\n\tinstances\x18\x02 \x03(\x0b\x32\x19.meshadmin.InstanceStatus\x12\'\n\x06models\x18\x03 \x03(\x0b\x32\x17.meshadmin.ModelSummary\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\x12\x14\n\x0ctotal_models\x18\x05 \x01(\x04\x12\x17\n\x0fload_timeout_ms\x18\x06 \x01(\x04\x12)\n\x07vmodels\x18\x07 \x03(\x0b\x32\x18.meshadmin.VModelSummary2a\n\tMeshAdmin\x12T\n\rClusterStatus\x12\x1f.meshadmin.ClusterStatusRequest\x1a .meshadmin.ClusterStatusResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.meshadmin.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=43
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=89
-  _globals['_INSTANCESTATUS']._serialized_start=92
-  _globals['_INSTANCESTATUS']._serialized_end=340
-  _globals['_MODELSUMMARY']._serialized_start=343
-  _globals['_MODELSUMMARY']._serialized_end=577
-  _globals['_VMODELSUMMARY']._serialized_start=579
-  _globals['_VMODELSUMMARY']._serialized_end=694
-  _globals['_CLUSTERSTATUSRESPONSE']._serialized_start=697
-  _globals['_CLUSTERSTATUSRESPONSE']._serialized_end=879
-  _globals['_MESHADMIN']._serialized_start=881
-  _globals['_MESHADMIN']._serialized_end=978
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_start=44
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=203
+  _globals['_INSTANCESTATUS']._serialized_start=206
+  _globals['_INSTANCESTATUS']._serialized_end=454
+  _globals['_MODELSUMMARY']._serialized_start=457
+  _globals['_MODELSUMMARY']._serialized_end=711
+  _globals['_VMODELSUMMARY']._serialized_start=713
+  _globals['_VMODELSUMMARY']._serialized_end=828
+  _globals['_CLUSTERSTATUSRESPONSE']._serialized_start=831
+  _globals['_CLUSTERSTATUSRESPONSE']._serialized_end=1085
+  _globals['_MESHADMIN']._serialized_start=1087
+  _globals['_MESHADMIN']._serialized_end=1184
 # @@protoc_insertion_point(module_scope)

@@ -45,7 +45,9 @@ class MeshAdminServicer:
     """Missing associated documentation comment in .proto file."""
 
     def ClusterStatus(self, request, context):
-        """The responding pod's in-memory cluster view (instances from etcd, models from the registry).
+        """The responding pod's in-memory cluster view (instances from etcd, models from the registry), one page of
+        models at a time in model-id order. A client that sets no page_size gets the first page of the server's
+        default size (1000); the server never sends more than its maximum (5000) in one response.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,6 +1,7 @@
 """``python -m runtime_adapters.builtin``: the built-in runtime process (SPI + V2 inference on one port).
 
-Composition root: parses flags into ``RuntimeSettings`` (flags > env > cgroup > defaults) and
+Composition root: parses flags into ``RuntimeSettings`` (flags > env > cgroup > defaults; one flag per
+setting, from ``runtime_adapters.settings.add_arguments``) and
 ``PullerSettings``, builds the puller, the adapter and the servicer, serves until SIGTERM/SIGINT, then
 stops with a grace period and closes everything. Logs go to stderr; per-request logs only at DEBUG.
 """
@@ -14,15 +15,15 @@ import os
 import signal
 import sys
 from importlib import metadata
-from pathlib import Path
 
 from mesh.logs import configure_logging
 from mesh.tracing import TRACING
 from puller.pull import Puller
 from puller.settings import PullerSettings
+from puller.settings import add_arguments as add_puller_arguments
 from runtime_adapters.builtin.adapter import BuiltinAdapter
 from runtime_adapters.server import ModelRuntimeServicer, start_server
-from runtime_adapters.settings import RuntimeSettings
+from runtime_adapters.settings import RuntimeSettings, add_arguments
 from runtime_adapters.sizing import SizeModel
 
 log = logging.getLogger("runtime_adapters.builtin")
@@ -32,38 +33,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m runtime_adapters.builtin", description=__doc__.splitlines()[0]
     )
-    p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
-    p.add_argument(
-        "--port", type=int, default=None, help="gRPC port for SPI + V2 (default 8085, env ADAPTER_PORT)"
-    )
-    p.add_argument("--socket", dest="socket_path", default=None, help="also listen on this unix socket")
-    p.add_argument("--capacity", dest="capacity_bytes", type=int, default=None, help="model memory in bytes")
-    p.add_argument("--model-dir", type=Path, default=None, help="where pulled models go (env ROOT_MODEL_DIR)")
-    p.add_argument("--local-root", dest="local_roots", type=Path, action="append", default=None,
-                   help="root that local model paths must stay inside (repeatable)")  # fmt: skip
-    p.add_argument("--storage-config", type=Path, default=None, help="storage config JSON file or dir")
-    p.add_argument("--loading-concurrency", type=int, default=None, help="parallel loads (default 1)")
-    p.add_argument("--load-timeout-ms", type=int, default=None, help="pull+load deadline (default 90000)")
-    p.add_argument("--default-model-size", type=int, default=None, help="bytes (default 1000000)")
-    p.add_argument(
-        "--predict-threads", type=int, default=None, help="inference threads (default min(4, CPUs))"
-    )
-    p.add_argument("--tls-cert", type=Path, default=None)
-    p.add_argument("--tls-key", type=Path, default=None)
-    p.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    add_arguments(p)  # one flag per RuntimeSettings field (docs/configuration.md)
+    add_puller_arguments(p)  # and per PullerSettings field (--puller-*)
     return p.parse_args(argv)
 
 
 def build_settings(args: argparse.Namespace) -> tuple[RuntimeSettings, PullerSettings]:
-    flags = {
-        k: getattr(args, k)
-        for k in ("host", "port", "socket_path", "capacity_bytes", "model_dir", "storage_config",
-                  "loading_concurrency", "load_timeout_ms", "default_model_size", "predict_threads",
-                  "tls_cert", "tls_key")
-    }  # fmt: skip
-    if args.local_roots:
-        flags["local_roots"] = tuple(args.local_roots)
-    settings = RuntimeSettings.from_env(**flags)
+    settings = RuntimeSettings.from_args(args)
     if not settings.runtime_version:
         settings.runtime_version = _package_version()
     if not settings.predict_threads:
@@ -75,7 +51,7 @@ def build_settings(args: argparse.Namespace) -> tuple[RuntimeSettings, PullerSet
         puller_overrides["local_roots"] = tuple(p.resolve() for p in settings.local_roots)
     if settings.storage_config is not None:
         puller_overrides["storage_config"] = settings.storage_config
-    return settings, PullerSettings.from_env(**puller_overrides)
+    return settings, PullerSettings.from_args(args, **puller_overrides)
 
 
 def _package_version() -> str:
@@ -132,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         settings, puller_settings = build_settings(args)
-        configure_logging(args.log_level, settings.log_format, {"component": "runtime"})
+        configure_logging(settings.log_level, settings.log_format, {"component": "runtime"})
     except (ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

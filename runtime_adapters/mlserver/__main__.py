@@ -14,13 +14,13 @@ import asyncio
 import sys
 from pathlib import Path
 
+from mesh.logs import configure_logging
 from runtime_adapters.mlserver.adapter import MLServerAdapter
 from runtime_adapters.mlserver.process import MLServerProcess
 from runtime_adapters.repository_adapter import poll_health
 from runtime_adapters.repository_main import (
     add_common_args,
     build_settings,
-    configure_logging,
     repo_dir,
     serve,
 )
@@ -47,9 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    configure_logging(args.log_level)
     try:
         settings, puller_settings = build_settings(args)
+        configure_logging(settings.log_level, settings.log_format, {"component": "runtime"})
         host, _, port = args.mlserver_grpc.rpartition(":")
         grpc_port = int(port)
     except (ValueError, TypeError) as exc:

@@ -13,11 +13,11 @@ import argparse
 import asyncio
 import sys
 
+from mesh.logs import configure_logging
 from runtime_adapters.repository_adapter import poll_health
 from runtime_adapters.repository_main import (
     add_common_args,
     build_settings,
-    configure_logging,
     repo_dir,
     serve,
 )
@@ -37,9 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    configure_logging(args.log_level)
     try:
         settings, puller_settings = build_settings(args)
+        configure_logging(settings.log_level, settings.log_format, {"component": "runtime"})
     except (ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ from mesh import health
 from mesh.apply import parse_model_set
 from mesh.cli import build_parser as cli_parser
 from mesh.settings import MeshSettings, add_arguments, load_settings
+from mesh.settingspec import spec_of, specced_fields
 from puller.settings import PullerSettings
 from runtime_adapters import repository_main
 from runtime_adapters.settings import RuntimeSettings
@@ -86,12 +87,19 @@ def mesh_env_names() -> set[str]:
     return env.asked
 
 
+def declared_env_names(cls: type) -> set[str]:
+    """Every environment name a settings class declares: each setting's own and its aliases."""
+    specs = [spec_of(f) for f in specced_fields(cls)]
+    return {s.env for s in specs if s.env} | {a.env for s in specs for a in s.aliases}
+
+
 def runtime_env_names(monkeypatch) -> set[str]:
     env = RecordingEnv()
     RuntimeSettings.from_env(env=env)
     monkeypatch.setattr(os, "environ", RecordingEnv())
     PullerSettings.from_env()
-    return env.asked | os.environ.asked
+    declared = declared_env_names(RuntimeSettings) | declared_env_names(PullerSettings)
+    return env.asked | os.environ.asked | declared
 
 
 def all_targets() -> list[tuple[str, dict]]:

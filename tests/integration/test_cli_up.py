@@ -70,9 +70,18 @@ def test_up_then_sigterm_leaves_no_process(tmp_path):
     )
     lines: list[str] = []
     try:
-        assert _read_until(proc, "ready", lines), "".join(lines)
+        assert _read_until(proc, "ready; Ctrl-C to stop", lines), "".join(lines)
         out = "".join(lines)
         assert f"127.0.0.1:{port}" in out and f"127.0.0.1:{port + 1}" in out
+        # each part reported as it starts, then every address of each pod
+        assert "etcd: up on 127.0.0.1:" in out
+        for i in (0, 1):
+            assert (
+                f"pod-{i}: started (pid " in out and f"pod-{i}: SERVING on 127.0.0.1:{port + i} after " in out
+            )
+        assert out.count("  grpc     127.0.0.1:") == 2 and out.count("  metrics  http://127.0.0.1:") == 2
+        assert out.count("  runtime  127.0.0.1:") == 2 and out.count("  rest     ") == 2
+        assert f"clients: --address 127.0.0.1:{port},127.0.0.1:{port + 1}" in out
         descendants = psutil.Process(proc.pid).children(recursive=True)
         argvs = [p.cmdline() for p in descendants]
         assert any(a[0].endswith("etcd") for a in argvs), argvs

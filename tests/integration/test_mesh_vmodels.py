@@ -370,3 +370,16 @@ async def test_concurrent_writers_keep_refs_exact(kv: KvClient, kv_root: str):
         await tasks.close()
         for t in (registry_table, vmodels_table):
             await t.stop()
+
+
+def test_default_vmodel_owner(etcd_server, samples, many):  # noqa: F811
+    """MM_DEFAULT_VMODEL_OWNER (ModelMesh's): a vModel set without an owner gets it; one that names an
+    owner keeps its own."""
+    cluster = make_cluster(etcd_server.endpoint, samples, env={"MM_DEFAULT_VMODEL_OWNER": "ksp"})
+    with cluster, cluster.client(0) as c:
+        m = many[0]
+        c.register(m["id"], m["type"], m["path"])
+        assert c.set_vmodel("v-default-owner", m["id"])["owner"] == "ksp"
+        assert c.vmodel_status("v-default-owner", owner="ksp")["status"] != "NOT_FOUND"
+        assert c.vmodel_status("v-default-owner", owner="someone-else")["status"] == "NOT_FOUND"
+        assert c.set_vmodel("v-own-owner", m["id"], owner="team-a")["owner"] == "team-a"

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from puller.errors import (
     AccessDenied,
     ArtifactNotFound,
     BucketNotFound,
+    ClientNotInstalled,
     DiskBudgetExceeded,
     InvalidModelKey,
     ObjectTooLarge,
@@ -279,5 +281,29 @@ async def test_disk_budget_refuses_models_that_do_not_fit(tmp_path, moto_server,
         await puller.remove("fits")
         assert (await puller.pull("now-fits", "models/one/model.bin", key)).disk_size_bytes == 19
         assert leftovers(tmp_path / "models") == ["now-fits"]
+    finally:
+        await puller.close()
+
+
+async def test_without_the_minio_extra(tmp_path, moto_server, bucket, monkeypatch):  # noqa: F811
+    """Without the optional MinIO client, boto3 entries still pull and a minio entry says what is missing."""
+    monkeypatch.setitem(sys.modules, "minio", None)  # `import minio` now fails as if it were not installed
+    monkeypatch.delitem(sys.modules, "puller.providers.minio_client", raising=False)
+    entries = {
+        "s3main": moto_server.entry(bucket=bucket),
+        "viaminio": moto_server.entry(bucket=bucket, type="minio"),
+    }
+    puller = make_puller(tmp_path, entries)
+    try:
+        one = await puller.pull("m-one", "models/one/model.bin", json.dumps({"storage_key": "s3main"}))
+        assert Path(one.path).read_bytes() == b"single-object-bytes"
+        with pytest.raises(ClientNotInstalled) as e:
+            await puller.pull("m-two", "models/one/model.bin", json.dumps({"storage_key": "viaminio"}))
+        assert e.value.grpc_code.name == "FAILED_PRECONDITION"
+        assert e.value.message == (
+            "storage 'viaminio' uses the MinIO client, which is not installed in this runtime: install the "
+            "'minio' extra (pip install 'modelmesh-py[minio]'), or use an s3 entry with the default boto3 client"
+        )
+        assert leftovers(tmp_path / "models") == ["m-one"]
     finally:
         await puller.close()

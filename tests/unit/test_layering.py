@@ -27,7 +27,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 MESH = ROOT / "mesh"
 # User-side tools: not part of a pod process.
-TOOLS = {"mesh/cli.py", "mesh/client.py", "mesh/__main__.py"}
+TOOLS = {"mesh/cli.py", "mesh/client.py", "mesh/aio_client.py", "mesh/progress.py", "mesh/__main__.py"}
 
 
 def _modules(package: str) -> list[Path]:
@@ -99,7 +99,7 @@ IO_MODULES = (
     "os",
     "pathlib",
     "time",
-    "aetcd",
+    "protos.etcd",
     "threading",
     "urllib",
     "requests",
@@ -134,6 +134,7 @@ MESH_LEAVES = (
     "mesh.redact",
     "mesh.tracing",
     "mesh.logs",
+    "mesh.settingspec",
 )
 
 

@@ -181,5 +181,17 @@ def test_settings_from_env(monkeypatch, tmp_path: Path):
         s.local_roots == (Path("/a"), Path("/b")) and s.disk_budget_bytes == 1000 and s.max_object_bytes == 5
     )
     monkeypatch.setenv("PULLER_MAX_ATTEMPTS", "many")
-    with pytest.raises(ValueError, match="PULLER_MAX_ATTEMPTS"):
+    with pytest.raises(ValueError) as e:
+        PullerSettings.from_env()
+    assert str(e.value) == "PULLER_MAX_ATTEMPTS: 'many' is not a number"
+    monkeypatch.setenv("PULLER_MAX_ATTEMPTS", "0")
+    with pytest.raises(ValueError) as e:
+        PullerSettings.from_env()
+    assert str(e.value) == "PULLER_MAX_ATTEMPTS: '0' is not a number between 1 and 100"
+    monkeypatch.setenv("PULLER_MAX_ATTEMPTS", "2")
+    monkeypatch.delenv("STORAGE_CONFIG")
+    monkeypatch.setenv("STORAGE_CONFIG_DIR", "/storage-config-dir")  # ModelMesh's name
+    assert PullerSettings.from_env().storage_config == Path("/storage-config-dir")
+    monkeypatch.setenv("STORAGE_CONFIG", "/x")
+    with pytest.raises(ValueError, match="STORAGE_CONFIG and STORAGE_CONFIG_DIR are both set"):
         PullerSettings.from_env()

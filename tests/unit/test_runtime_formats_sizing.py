@@ -135,10 +135,20 @@ def test_settings_precedence_and_capacity() -> None:
     assert RuntimeSettings.from_env(env, capacity_bytes=123).capacity_bytes == 123
     assert derive_capacity(container_mem=None, buffer=256 * MIB, cgroup_limit=4 * GIB) == 4 * GIB - 256 * MIB
     assert derive_capacity(container_mem=100 * MIB, buffer=256 * MIB, cgroup_limit=None) == 50 * MIB
-    with pytest.raises(ValueError, match="LOADING_CONCURRENCY"):
+    with pytest.raises(ValueError) as e:
         RuntimeSettings.from_env({"LOADING_CONCURRENCY": "many"})
-    with pytest.raises(ValueError, match="load timeout"):
+    assert str(e.value) == "LOADING_CONCURRENCY: 'many' is not a number"
+    with pytest.raises(ValueError) as e:
         RuntimeSettings.from_env({}, load_timeout_ms=5, capacity_bytes=1)
+    assert str(e.value) == "--load-timeout-ms: '5' is not a number >= 100"
+    with pytest.raises(ValueError) as e:
+        RuntimeSettings.from_env({"LOADTIME_TIMEOUT": "abc"})
+    assert str(e.value) == "LOADTIME_TIMEOUT: 'abc' is not a number"
+    with pytest.raises(ValueError) as e:
+        RuntimeSettings.from_env({"CONTAINER_MEM_REQ_BYTES": "2Gi"})
+    assert str(e.value) == "CONTAINER_MEM_REQ_BYTES: '2Gi' is not a number"
+    assert RuntimeSettings.from_env({"LOADTIME_TIMEOUT": " "}).load_timeout_ms == 90_000  # blank = unset
+    assert RuntimeSettings.from_env({"LOG_LEVEL": "debug"}).log_level == "DEBUG"
 
 
 def test_model_not_loaded_wording() -> None:
