@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # MLServer (and its protobuf<7 pin) lives in its own venv; the MLServer adapter tests use it.
 MLSERVER_STAMP := .venv-mlserver/.installed
 
-.PHONY: demo test test-slow lint fmt protos clean
+.PHONY: demo test test-slow test-multihost lint fmt protos clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,11 @@ test: $(STAMP) $(MLSERVER_STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# Pods and etcd in separate Linux network namespaces (needs root; skips with the reason otherwise). Bounded:
+# every scenario stops on its own, and pytest-timeout ends a stuck one. Figures land in var/multihost/.
+test-multihost: $(STAMP)
+	$(BIN)/python -m pytest -q -m multihost -o timeout_func_only=false --timeout 300 tests/multihost
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
