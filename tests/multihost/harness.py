@@ -253,6 +253,8 @@ class MultiHostMesh:
         etcd_members: int = 1,
         capacity: int = 2_000_000,
         pod_args: Iterable[str] = (),
+        pod_extra: dict[int, list[str]] | None = None,
+        leader_first: bool = False,
         startup_timeout: float = 120.0,
     ) -> None:
         self.samples_dir = Path(samples_dir).resolve()
@@ -260,6 +262,8 @@ class MultiHostMesh:
         self.etcd_count = etcd_members
         self.capacity = capacity
         self.pod_args = [*FAST_POD_ARGS, *pod_args]
+        self.pod_extra = pod_extra or {}  # pod index -> flags for that pod only (e.g. its labels)
+        self.leader_first = leader_first  # start pod-0 alone first, so that it is the leader
         self.startup_timeout = startup_timeout
         self.kv_root = f"/mmh/{uuid.uuid4().hex}/"
         self.keys = Keys.for_root(self.kv_root)
@@ -292,8 +296,13 @@ class MultiHostMesh:
             host = self.lab.add_host(f"pod{i}")
             (self.work_dir / f"pod-{i}" / "models").mkdir(parents=True)
             self.pods.append(NetPod(i, host, self.work_dir / f"pod-{i}.log"))
+        if self.leader_first:
+            self.spawn(self.pods[0])
+            self.wait_serving(self.pods[0])
+            wait_for(lambda: self.leader() == "pod-0", timeout=30, what="pod-0 to lead")
         for pod in self.pods:
-            self.spawn(pod)
+            if pod.proc is None:
+                self.spawn(pod)
         for pod in self.pods:
             self.wait_serving(pod)
 
@@ -329,6 +338,7 @@ class MultiHostMesh:
             "--runtime-address", f"127.0.0.1:{RUNTIME_PORT}",
             "--runtime-cmd", shlex.join(self.runtime_cmd(pod)),
             *self.pod_args,
+            *self.pod_extra.get(pod.index, ()),
         ]  # fmt: skip
 
     def spawn(self, pod: NetPod) -> None:
@@ -512,8 +522,14 @@ class Traffic:
         with self._lock:
             self._route = None if index is None else {index: instead if instead is not None else index}
 
+    def set_targets(self, targets: list[tuple[dict, int]]) -> None:
+        """Send to these (model sample, ingress pod) pairs from now on."""
+        with self._lock:
+            self.targets = list(targets)
+
     def _pick(self, n: int) -> tuple[dict, int]:
-        sample, ingress = self.targets[n % len(self.targets)]
+        targets = self.targets
+        sample, ingress = targets[n % len(targets)]
         route = self._route
         if route and ingress in route:
             ingress = route[ingress]
@@ -728,7 +744,15 @@ class Observed(dict):
         super().__init__()
         self.logs: dict[str, str] = {}
 
-    def keep_logs(self, mesh: MultiHostMesh, lines: int = 60) -> None:
+    def keep_logs(self, mesh: MultiHostMesh, scenario: str, lines: int = 60) -> None:
+        """Keep the tails for the report, and the whole logs under ``var/multihost/logs/<scenario>/``."""
+        keep = RESULTS_DIR / "logs" / scenario
+        keep.mkdir(parents=True, exist_ok=True)
+        for path in [p.log_path for p in mesh.pods] + [
+            m.log_path for m in (mesh.etcd.members if mesh.etcd else [])
+        ]:
+            with contextlib.suppress(OSError):
+                (keep / path.name).write_bytes(path.read_bytes())
         for pod in mesh.pods:
             self.logs[pod.instance_id] = log_tail(pod.log_path, lines)
         if mesh.etcd is not None:

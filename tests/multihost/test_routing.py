@@ -111,7 +111,7 @@ def routing(netlab_ready, samples):
         obs["after_kill"] = {m["id"]: mesh.loaded_on(m["id"]) for m in [*lost, pair]}
         obs["traffic"] = summarize(traffic.outcomes)
         obs["failures"] = [vars(o) for o in traffic.failures()][:10]
-        obs.keep_logs(mesh)
+        obs.keep_logs(mesh, "routing")
     write_summary("routing", dict(obs))
     return obs
 
