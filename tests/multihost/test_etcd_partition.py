@@ -198,6 +198,11 @@ def test_no_request_fails_during_the_partition(partition):
     assert partition["failures"] == [], partition["traffic_during_cut"]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12 (found by the multi-host suite): a leader cut from etcd keeps naming itself leader until "
+    "its etcd watch breaks (~5 s), after its lease (TTL 3 s) ended and another pod won the election",
+)
 def test_never_more_than_one_leader(partition):
     leaders = partition["leaders"]
     assert partition["leader_samples_during_cut"] >= 20
