@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,8 +68,11 @@ def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "cond
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
-        with contextlib.suppress(MeshClientError, OSError, ValueError):
+        try:
             last = predicate()
+        except (MeshClientError, OSError, ValueError) as exc:
+            last = exc
+        else:
             if last:
                 return last
         time.sleep(interval)
@@ -199,6 +203,24 @@ class EtcdGroup:
         self.lab.kill_all_in(m.host)
         m.proc = None
 
+    def _status(self, m: EtcdMember) -> dict:
+        req = urllib.request.Request(f"http://{m.endpoint}/v3/maintenance/status", data=b"{}", method="POST")
+        with _NO_PROXY.open(req, timeout=2) as resp:
+            return json.loads(resp.read())
+
+    def raft_leader(self) -> EtcdMember | None:
+        """The member that currently leads the etcd cluster (None when no running member names one)."""
+        ids = {}
+        leader_id = None
+        for m in self.members:
+            if m.proc is None:
+                continue
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                status = self._status(m)
+                ids[status["header"]["member_id"]] = m
+                leader_id = status.get("leader") or leader_id
+        return ids.get(leader_id) if leader_id else None
+
     def healthy(self, m: EtcdMember) -> bool:
         """The member answers /health true (it is up *and* its cluster has a leader)."""
         try:
@@ -247,6 +269,7 @@ class MultiHostMesh:
 
     def __init__(
         self,
+        scenario: str,
         *,
         samples_dir: Path,
         pods: int = 3,
@@ -257,6 +280,7 @@ class MultiHostMesh:
         leader_first: bool = False,
         startup_timeout: float = 120.0,
     ) -> None:
+        self.scenario = scenario  # names var/multihost/logs/<scenario>/, where the logs are kept on close
         self.samples_dir = Path(samples_dir).resolve()
         self.pod_count = pods
         self.etcd_count = etcd_members
@@ -272,6 +296,7 @@ class MultiHostMesh:
         self.lab = NetLab()
         self.pods: list[NetPod] = []
         self.etcd: EtcdGroup | None = None
+        self.etcd_order: list[EtcdMember] = []
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -292,6 +317,10 @@ class MultiHostMesh:
         self.etcd = EtcdGroup(self.lab, etcd_hosts, self.work_dir)
         self.etcd.start()
         self.reader = self.etcd.reader()
+        # the pods' --etcd list: followers first, the etcd leader last, so that losing the pods' member does
+        # not also cost an etcd leader election (a scenario chooses which member it kills)
+        leader = wait_for(self.etcd.raft_leader, timeout=30, what="an etcd leader")
+        self.etcd_order = [m for m in self.etcd.members if m is not leader] + [leader]
         for i in range(self.pod_count):
             host = self.lab.add_host(f"pod{i}")
             (self.work_dir / f"pod-{i}" / "models").mkdir(parents=True)
@@ -308,8 +337,12 @@ class MultiHostMesh:
 
     def close(self) -> None:
         self.lab.close()
-        import shutil
-
+        keep = RESULTS_DIR / "logs" / self.scenario
+        shutil.rmtree(keep, ignore_errors=True)
+        keep.mkdir(parents=True, exist_ok=True)
+        for path in self.work_dir.glob("*.log"):
+            with contextlib.suppress(OSError):
+                shutil.copyfile(path, keep / path.name)
         shutil.rmtree(self.work_dir, ignore_errors=True)
 
     # --- pods ---------------------------------------------------------------------------------
@@ -331,7 +364,7 @@ class MultiHostMesh:
             "--host", pod.host.ip,
             "--port", str(POD_PORT),
             "--advertise-address", pod.address,
-            "--etcd", ",".join(self.etcd.endpoints),
+            "--etcd", ",".join(m.endpoint for m in self.etcd_order),
             "--kv-root", self.kv_root,
             "--instance-id", pod.instance_id,
             "--metrics-port", str(METRICS_PORT),
@@ -744,15 +777,8 @@ class Observed(dict):
         super().__init__()
         self.logs: dict[str, str] = {}
 
-    def keep_logs(self, mesh: MultiHostMesh, scenario: str, lines: int = 60) -> None:
-        """Keep the tails for the report, and the whole logs under ``var/multihost/logs/<scenario>/``."""
-        keep = RESULTS_DIR / "logs" / scenario
-        keep.mkdir(parents=True, exist_ok=True)
-        for path in [p.log_path for p in mesh.pods] + [
-            m.log_path for m in (mesh.etcd.members if mesh.etcd else [])
-        ]:
-            with contextlib.suppress(OSError):
-                (keep / path.name).write_bytes(path.read_bytes())
+    def keep_logs(self, mesh: MultiHostMesh, lines: int = 60) -> None:
+        """Keep the log tails for the report (the whole logs are kept by ``MultiHostMesh.close``)."""
         for pod in mesh.pods:
             self.logs[pod.instance_id] = log_tail(pod.log_path, lines)
         if mesh.etcd is not None:

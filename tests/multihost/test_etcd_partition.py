@@ -56,6 +56,7 @@ def partition(netlab_ready, samples):
     # of this scenario, as the only copy of the maxCopies-1 models and one of two of the others): the pod cut
     # off is the leader, holding models of both kinds
     with MultiHostMesh(
+        "etcd_partition",
         samples_dir=samples["dir"],
         pods=3,
         pod_args=("--scale-check-interval-s", "2", "--type-constraints", PREFER_FIRST),
@@ -165,7 +166,7 @@ def partition(netlab_ready, samples):
         obs["failures"] = [vars(o) for o in traffic.failures()][:10]
         obs["leaders"] = sampler.summary()
         obs["leader_samples_during_cut"] = sum(1 for s in sampler.samples if t_cut <= s.t < t_heal)
-        obs.keep_logs(mesh, "etcd_partition")
+        obs.keep_logs(mesh)
     write_summary("etcd_partition", dict(obs))
     return obs
 

@@ -38,6 +38,7 @@ def pod_partition(netlab_ready, samples):
     many = [m for m in samples["models"] if m["group"] == "many"]
     pairs, singles = many[20:22], many[22:25]
     with MultiHostMesh(
+        "pod_partition",
         samples_dir=samples["dir"],
         pods=3,
         pod_args=("--type-constraints", CONSTRAINTS),
@@ -109,7 +110,7 @@ def pod_partition(netlab_ready, samples):
             for p in mesh.pods
         }
         obs["after"] = {m["id"]: mesh.loaded_on(m["id"]) for m in [*pairs, *singles]}
-        obs.keep_logs(mesh, "pod_partition")
+        obs.keep_logs(mesh)
     write_summary("pod_partition", dict(obs))
     return obs
 

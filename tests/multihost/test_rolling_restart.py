@@ -40,7 +40,7 @@ def rolling(netlab_ready, samples):
     many = [m for m in samples["models"] if m["group"] == "many"]
     pairs, hot = many[25:27], many[27:33]
     pair_ids, hot_ids = {m["id"] for m in pairs}, {m["id"] for m in hot}
-    with MultiHostMesh(samples_dir=samples["dir"], pods=3) as mesh:
+    with MultiHostMesh("rolling_restart", samples_dir=samples["dir"], pods=3) as mesh:
         admin = mesh.client(0)
         for m in pairs:
             admin.register(m["id"], m["type"], m["path"], min_copies=2)
@@ -93,7 +93,7 @@ def rolling(netlab_ready, samples):
         obs["hot"] = summarize([o for o in traffic.outcomes if o.model_id in hot_ids])
         obs["failures"] = [vars(o) for o in traffic.failures()][:10]
         obs["after"] = {mid: mesh.loaded_on(mid) for mid in sorted(pair_ids | hot_ids)}
-        obs.keep_logs(mesh, "rolling_restart")
+        obs.keep_logs(mesh)
     write_summary("rolling_restart", dict(obs))
     return obs
 

@@ -38,7 +38,7 @@ def routing(netlab_ready, samples):
     many = [m for m in samples["models"] if m["group"] == "many"]
     singles, pair = many[:9], many[9]
     ids = [m["id"] for m in singles]
-    with MultiHostMesh(samples_dir=samples["dir"], pods=3) as mesh:
+    with MultiHostMesh("routing", samples_dir=samples["dir"], pods=3) as mesh:
         obs["subnet"] = mesh.lab.subnet
         admin = mesh.client(0)
         for m in singles:
@@ -111,7 +111,7 @@ def routing(netlab_ready, samples):
         obs["after_kill"] = {m["id"]: mesh.loaded_on(m["id"]) for m in [*lost, pair]}
         obs["traffic"] = summarize(traffic.outcomes)
         obs["failures"] = [vars(o) for o in traffic.failures()][:10]
-        obs.keep_logs(mesh, "routing")
+        obs.keep_logs(mesh)
     write_summary("routing", dict(obs))
     return obs
 
