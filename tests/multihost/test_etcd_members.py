@@ -30,7 +30,7 @@ from tests.multihost.harness import (
 pytestmark = pytest.mark.multihost
 
 QUORUM_LOSS_S = 20.0
-CONVERGE_BOUND_S = 30.0
+CONVERGE_BOUND_S = 20.0
 
 
 def _register_and_serve(mesh: MultiHostMesh, index: int, sample: dict) -> bool:

@@ -27,9 +27,9 @@ from tests.multihost.harness import (
 
 pytestmark = pytest.mark.multihost
 
-CUT_S = 20.0
+CUT_S = 15.0
 LEASE_TTL_S = 3  # FAST_POD_ARGS
-RECONCILE_BOUND_S = 30.0  # after the heal: several janitor (2 s) and scale-check (2 s) periods
+RECONCILE_BOUND_S = 20.0  # after the heal: several janitor (2 s) and scale-check (2 s) periods
 PREFER_FIRST = '{"sklearn": {"preferred": ["first"]}}'
 
 
