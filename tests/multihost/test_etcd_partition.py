@@ -29,6 +29,7 @@ pytestmark = pytest.mark.multihost
 
 CUT_S = 15.0
 LEASE_TTL_S = 3  # FAST_POD_ARGS
+REPLACE_BOUND_S = LEASE_TTL_S + 15.0  # lease TTL + load time (six loads, on a loaded 2-core machine)
 RECONCILE_BOUND_S = 20.0  # after the heal: several janitor (2 s) and scale-check (2 s) periods
 PREFER_FIRST = '{"sklearn": {"preferred": ["first"]}}'
 
@@ -72,7 +73,7 @@ def partition(netlab_ready, samples):
         for i, m in enumerate([*max1, *max2]):
             infer(mesh, i % 3, m)
         wait_for(
-            lambda: all(len(mesh.loaded_on(m["id"])) == 2 for m in max2), timeout=30, what="two copies each"
+            lambda: all(len(mesh.loaded_on(m["id"])) >= 2 for m in max2), timeout=30, what="two copies each"
         )
         cut_id = wait_for(mesh.leader, timeout=10, what="a leader")
         assert cut_id == "pod-0", cut_id
@@ -108,7 +109,7 @@ def partition(netlab_ready, samples):
                 ok2 = all(len(set(records[mid].loaded) & alive) >= 2 for mid in max2_on_cut)
                 return ok1 and ok2
 
-            wait_for(replaced, timeout=30, what="the cut pod's models placed on the other pods")
+            wait_for(replaced, timeout=REPLACE_BOUND_S, what="the cut pod's models placed on the other pods")
             obs["replaced_s"] = round(traffic.now() - t_cut, 2)
 
             # a model loaded nowhere, asked for through the cut pod: it must not load a copy it cannot record
