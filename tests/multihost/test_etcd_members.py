@@ -16,16 +16,9 @@ import time
 import pytest
 
 from mesh.client import MeshClientError
-from tests.multihost.harness import (
-    MultiHostMesh,
-    Observed,
-    Sampler,
-    Traffic,
-    infer,
-    summarize,
-    wait_for,
-    write_summary,
-)
+from tests.multihost.common import wait_for
+from tests.multihost.mesh_hosts import MultiHostMesh, infer
+from tests.multihost.observe import Observed, Sampler, Traffic, summarize, write_summary
 
 pytestmark = pytest.mark.multihost
 

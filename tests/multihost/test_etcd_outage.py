@@ -17,16 +17,9 @@ import time
 
 import pytest
 
-from tests.multihost.harness import (
-    MultiHostMesh,
-    Observed,
-    Sampler,
-    Traffic,
-    infer,
-    summarize,
-    wait_for,
-    write_summary,
-)
+from tests.multihost.common import wait_for
+from tests.multihost.mesh_hosts import MultiHostMesh, infer
+from tests.multihost.observe import Observed, Sampler, Traffic, over_max_copies, summarize, write_summary
 
 pytestmark = pytest.mark.multihost
 
@@ -96,20 +89,10 @@ def outage(netlab_ready, samples):
             ]
             obs["leader_after_outage"] = wait_for(mesh.leader, timeout=30, what="a leader")
 
-            def over_policy() -> dict[str, dict]:
-                records, alive = mesh.records(), set(mesh.instances())
-                held = mesh.held_copies(policy)
-                out = {}
-                for mid, max_copies in policy.items():
-                    listed = sorted(i for i in records[mid].instances if i in alive)
-                    if len(listed) > max_copies or len(held[mid]) > max_copies:
-                        out[mid] = {"max": max_copies, "registry": listed, "held": sorted(held[mid])}
-                return out
-
-            obs["over_policy_at_heal"] = over_policy()
+            obs["over_policy_at_heal"] = over_max_copies(mesh, policy)
             try:
                 wait_for(
-                    lambda: not over_policy(),
+                    lambda: not over_max_copies(mesh, policy),
                     timeout=RECONCILE_BOUND_S,
                     interval=0.5,
                     what="copies within max",
@@ -118,7 +101,7 @@ def outage(netlab_ready, samples):
                 obs["over_policy_after"] = {}
             except AssertionError:
                 obs["reconciled_s"] = None
-                obs["over_policy_after"] = over_policy()
+                obs["over_policy_after"] = over_max_copies(mesh, policy)
             t_end = traffic.now()
         finally:
             traffic.stop()

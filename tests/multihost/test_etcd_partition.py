@@ -14,16 +14,9 @@ import time
 
 import pytest
 
-from tests.multihost.harness import (
-    MultiHostMesh,
-    Observed,
-    Sampler,
-    Traffic,
-    infer,
-    summarize,
-    wait_for,
-    write_summary,
-)
+from tests.multihost.common import wait_for
+from tests.multihost.mesh_hosts import MultiHostMesh, infer
+from tests.multihost.observe import Observed, Sampler, Traffic, over_max_copies, summarize, write_summary
 
 pytestmark = pytest.mark.multihost
 
@@ -32,19 +25,6 @@ LEASE_TTL_S = 3  # FAST_POD_ARGS
 REPLACE_BOUND_S = LEASE_TTL_S + 15.0  # lease TTL + load time (six loads, on a loaded 2-core machine)
 RECONCILE_BOUND_S = 20.0  # after the heal: several janitor (2 s) and scale-check (2 s) periods
 PREFER_FIRST = '{"sklearn": {"preferred": ["first"]}}'
-
-
-def _over_policy(mesh: MultiHostMesh, models: dict[str, int]) -> dict[str, dict]:
-    """Models with more copies than their maxCopies, counted both in etcd (live holders) and in the pods' own
-    caches (a copy the registry does not list still holds memory and serves)."""
-    records, alive = mesh.records(), set(mesh.instances())
-    held = mesh.held_copies(models)
-    out = {}
-    for mid, max_copies in models.items():
-        listed = sorted(i for i in records[mid].instances if i in alive)
-        if len(listed) > max_copies or len(held[mid]) > max_copies:
-            out[mid] = {"max": max_copies, "registry": listed, "held": sorted(held[mid])}
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +124,7 @@ def partition(netlab_ready, samples):
             obs["cut_pod_process_restarted"] = cut_pod.starts != 1 or cut_pod.proc.poll() is not None
             try:
                 wait_for(
-                    lambda: not _over_policy(mesh, policy),
+                    lambda: not over_max_copies(mesh, policy),
                     timeout=RECONCILE_BOUND_S,
                     interval=0.5,
                     what="copies within maxCopies",
@@ -153,7 +133,7 @@ def partition(netlab_ready, samples):
                 obs["over_policy_after_heal"] = {}
             except AssertionError:
                 obs["reconciled_s"] = None
-                obs["over_policy_after_heal"] = _over_policy(mesh, policy)
+                obs["over_policy_after_heal"] = over_max_copies(mesh, policy)
             t_end = traffic.now()
         finally:
             traffic.stop()

@@ -14,15 +14,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.multihost.harness import (
-    MultiHostMesh,
-    Observed,
-    Traffic,
-    infer,
-    summarize,
-    wait_for,
-    write_summary,
-)
+from tests.multihost.common import wait_for
+from tests.multihost.mesh_hosts import MultiHostMesh, infer
+from tests.multihost.observe import Observed, Traffic, summarize, write_summary
 
 pytestmark = pytest.mark.multihost
 
