@@ -1,13 +1,17 @@
 """Fixtures of the multi-host suite (``-m multihost``; ``make test-multihost``).
 
 ``netlab_ready`` (session) skips the suite with the reason when network namespaces cannot be made here (not root,
-no iproute2, a kernel or container that refuses them), and removes what a killed earlier run left behind. Each
+no iproute2, a kernel or container that refuses them), removes what a killed earlier run left behind, and at the
+end of the session fails loudly (after removing them) if any namespace or link of this run is still there. Each
 module builds its own ``MultiHostMesh`` (its own bridge, namespaces and processes) in a module fixture that runs
 the scenario once and records what it saw; the tests of the module then each assert one property of that record.
 A scenario's pod and etcd log tails are attached to the report of a failing test.
 """
 
 from __future__ import annotations
+
+import os
+import subprocess
 
 import pytest
 
@@ -22,6 +26,14 @@ def netlab_ready():
         pytest.skip(f"multi-host tests need Linux network namespaces: {reason}")
     netns.sweep_stale()
     yield
+    left = netns.owned_by(os.getpid())
+    if left:
+        netns._close_all()
+        for name in left:  # a namespace outlives its lab only if close() failed: remove it by name
+            netns._kill_netns_processes(name)
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=15)
+            subprocess.run(["ip", "link", "del", name], capture_output=True, timeout=15)
+        pytest.fail(f"the multi-host suite left network objects behind: {left}")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -165,6 +165,22 @@ class EtcdGroup:
                 leader_id = status.get("leader") or leader_id
         return ids.get(leader_id) if leader_id else None
 
+    def move_leader(self, target: EtcdMember, timeout: float = 15.0) -> None:
+        """Make ``target`` the etcd leader (etcd's MoveLeader, asked of the current leader) if it is not."""
+        deadline = time.monotonic() + timeout
+        while (leader := self.raft_leader()) is not target:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"etcd leadership did not move to {target.name} (leader: {leader})")
+            if leader is not None:
+                target_id = self._status(target)["header"]["member_id"]
+                body = json.dumps({"targetID": target_id}).encode()
+                req = urllib.request.Request(
+                    f"http://{leader.endpoint}/v3/maintenance/transfer-leadership", data=body, method="POST"
+                )
+                with contextlib.suppress(OSError), NO_PROXY.open(req, timeout=5):
+                    pass
+            time.sleep(0.2)
+
     def healthy(self, m: EtcdMember) -> bool:
         """The member answers /health true (it is up *and* its cluster has a leader)."""
         try:

@@ -72,7 +72,9 @@ def member_loss(netlab_ready, samples):
         sampler = Sampler(mesh, interval_s=0.5).start(t0=time.monotonic() - traffic.now())
         try:
             wait_for(lambda: traffic.count_ok() >= 30, timeout=30, what="traffic flowing")
-            # --- phase 1: one member lost; quorum stays
+            # --- phase 1: one member lost; quorum stays. L must still lead (it may have moved on a busy
+            # machine), so that losing A costs no etcd election
+            etcd.move_leader(leader)
             t1 = traffic.now()
             etcd.kill_member(a)
             wait_for(

@@ -104,6 +104,25 @@ def _kill_netns_processes(netns: str, *, attempts: int = 20) -> None:
         time.sleep(0.1)
 
 
+def owned_by(pid: int) -> list[str]:
+    """Namespaces and links whose names carry ``pid`` (what the labs of that process created and still exist)."""
+    names = []
+    for line in _ip("netns", "list", check=False).splitlines():
+        name = line.split()[0] if line.strip() else ""
+        m = _NS_RE.match(name)
+        if m and int(m.group(1)) == pid:
+            names.append(name)
+    for line in _ip("-o", "link", "show", check=False).splitlines():
+        parts = line.split(":", 2)
+        if len(parts) < 2:
+            continue
+        name = parts[1].strip().split("@", 1)[0]
+        m = _LINK_RE.match(name)
+        if m and int(m.group(1)) == pid:
+            names.append(name)
+    return names
+
+
 def sweep_stale() -> list[str]:
     """Remove namespaces and links that an earlier lab left when its process died without cleaning up (only
     names carrying a PID that no longer exists). Returns what was removed."""
