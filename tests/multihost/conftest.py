@@ -11,7 +11,6 @@ A scenario's pod and etcd log tails are attached to the report of a failing test
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 
@@ -28,11 +27,8 @@ def netlab_ready():
     yield
     left = netns.owned_by(os.getpid())
     if left:
-        netns._close_all()
-        for name in left:  # a namespace outlives its lab only if close() failed: remove it by name
-            netns._kill_netns_processes(name)
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=15)
-            subprocess.run(["ip", "link", "del", name], capture_output=True, timeout=15)
+        netns.close_all()
+        netns.remove(left)  # a name outlives its lab only if close() failed: remove it by name
         pytest.fail(f"the multi-host suite left network objects behind: {left}")
 
 

@@ -104,6 +104,17 @@ def _kill_netns_processes(netns: str, *, attempts: int = 20) -> None:
         time.sleep(0.1)
 
 
+def remove(names: list[str]) -> None:
+    """Remove namespaces (killing every process in them first) and links, by name (names this module made)."""
+    namespaces = set(_ip("netns", "list", check=False).split())
+    for name in names:
+        if name in namespaces:
+            _kill_netns_processes(name)
+            _ip("netns", "del", name, check=False)
+        else:
+            _ip("link", "del", name, check=False)
+
+
 def owned_by(pid: int) -> list[str]:
     """Namespaces and links whose names carry ``pid`` (what the labs of that process created and still exist)."""
     names = []
@@ -131,8 +142,7 @@ def sweep_stale() -> list[str]:
         name = line.split()[0] if line.strip() else ""
         m = _NS_RE.match(name)
         if m and not _pid_alive(int(m.group(1))):
-            _kill_netns_processes(name)
-            _ip("netns", "del", name, check=False)
+            remove([name])
             removed.append(name)
     for line in _ip("-o", "link", "show", check=False).splitlines():
         parts = line.split(":", 2)
@@ -141,7 +151,7 @@ def sweep_stale() -> list[str]:
         name = parts[1].strip().split("@", 1)[0]
         m = _LINK_RE.match(name)
         if m and not _pid_alive(int(m.group(1))):
-            _ip("link", "del", name, check=False)
+            remove([name])
             removed.append(name)
     return removed
 
@@ -327,7 +337,8 @@ class NetLab:
 
 
 @atexit.register
-def _close_all() -> None:
+def close_all() -> None:
+    """Close every lab of this process that is still open."""
     with _LIVE_LOCK:
         labs = list(_LIVE)
     for lab in labs:
