@@ -14,6 +14,8 @@ from pathlib import Path
 
 from tests.multihost.common import RESULTS_DIR
 
+RECONCILE_NOTE = "at the end of the bound"
+
 
 def _load(name: str) -> dict | None:
     path = RESULTS_DIR / f"{name}.json"
@@ -110,9 +112,6 @@ def rows() -> list[list[str]]:
             _leaders(d),
         ])  # fmt: skip
     return out
-
-
-RECONCILE_NOTE = "at the end of the bound"
 
 
 def main() -> int:
