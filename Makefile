@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # MLServer (and its protobuf<7 pin) lives in its own venv; the MLServer adapter tests use it.
 MLSERVER_STAMP := .venv-mlserver/.installed
 
-.PHONY: demo test test-slow test-container lint fmt protos lock clean
+.PHONY: demo test test-slow test-container test-multihost lint fmt protos lock clean
 
 # requirements-dev.lock pins every package (transitive ones too) with its hashes: the install refuses anything
 # else. The project itself goes in editable, without build isolation (the locked setuptools builds it).
@@ -35,6 +35,11 @@ test-slow: $(STAMP)
 # Builds the deploy/Dockerfile images with buildah/podman and runs them (minutes; needs a container engine).
 test-container: $(STAMP)
 	$(BIN)/python -m pytest -q -m container
+
+# Pods and etcd in separate Linux network namespaces (needs root; skips with the reason otherwise). Bounded:
+# every scenario stops on its own, and pytest-timeout ends a stuck one. Figures land in var/multihost/.
+test-multihost: $(STAMP)
+	$(BIN)/python -m pytest -q -m multihost -o timeout_func_only=false --timeout 300 tests/multihost
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
