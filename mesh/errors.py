@@ -227,6 +227,11 @@ class RemoteError(MeshError):
         return cls(code, details)
 
 
+def timed_out(exc: MeshError) -> bool:
+    """Whether ``exc`` is a deadline running out (gRPC's DEADLINE_EXCEEDED, raised here or by the other side)."""
+    return exc.grpc_code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Outbound: exception -> status
 
@@ -373,7 +378,8 @@ def from_rpc_error(exc: grpc.RpcError, source: Source, *, where: str = "", model
     """Translate a failed call to ``source`` (at ``where``, about ``model_id``) into a MeshError.
 
     - PEER: the peer's typed ``mm-error`` trailer rebuilds its error class with its message. Without a
-      trailer the peer never answered itself: UNAVAILABLE is PeerUnavailable (connection refused or lost);
+      trailer the peer never answered itself: UNAVAILABLE is PeerUnavailable (connection refused or lost), so
+      is CANCELLED (the peer's server stopped under the call);
       anything else (gRPC's own RESOURCE_EXHAUSTED for an oversized message, a deadline) keeps its code.
     - RUNTIME (inference): "no such model" answers are ModelNotHere, UNAVAILABLE is RuntimeUnavailable, the
       rest (the runtime's own verdict on the request) passes through unchanged as RemoteError.
@@ -398,6 +404,10 @@ def _translate_rpc_error(exc: grpc.RpcError, source: Source, where: str, model_i
             return cls.from_wire(code, details)
         if code == grpc.StatusCode.UNAVAILABLE:
             return PeerUnavailable(f"peer {where} unreachable: {shown}")
+        if code == grpc.StatusCode.CANCELLED:
+            # Our own cancellation arrives as asyncio.CancelledError, never as a status: this one came from the
+            # peer's side (its server stopping under the call), so the request may go to another copy.
+            return PeerUnavailable(f"peer {where} cancelled the call (stopping?): {shown}")
         return RemoteError(code, details or f"peer {where}: {code.name}")
     if source is Source.RUNTIME:
         if code == grpc.StatusCode.NOT_FOUND or (

@@ -158,7 +158,9 @@ class Pod:
         self.vmodels_table = Table(self.kv, self.keys.vmodels_prefix, VModelRecord.from_json, name="vmodels")
         for t in (self.registry_table, self.instances_table, self.vmodels_table):
             await t.start(self.tasks)
-        self.session = Session(self.kv, ttl=s.lease_ttl_s, on_lease=self._on_new_lease, name="pod")
+        self.session = Session(
+            self.kv, ttl=s.lease_ttl_s, on_lease=self._on_new_lease, name="pod", clock=self.clock
+        )
         await self.session.start(tasks=self.tasks)
         self.peer_auth = PeerAuth(await peer_secret(self.kv, self.keys, path=s.peer_secret_path))
 
@@ -206,6 +208,7 @@ class Pod:
             remote_load_timeout_s=2 * self.loader.load_timeout_s + 30,
             clock=clock,
             rng=self.rng,
+            can_claim=lambda: self.session.healthy,
         )
         self.router = Router(
             instance_id=me,
@@ -218,6 +221,7 @@ class Pod:
             stats=self.stats,
             metrics=self.metrics,
             request_timeout_s=s.request_timeout_s,
+            peer_hop_fraction=s.peer_hop_fraction,
             clock=clock,
             rng=self.rng,
         )

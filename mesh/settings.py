@@ -286,6 +286,15 @@ class MeshSettings:
         "A peer not connected within this is skipped for the request (another copy or a new load).",
         positive=True,
     )
+    peer_hop_fraction: float = _opt(
+        0.75,
+        "MM_PEER_HOP_FRACTION",
+        "Share of a request's remaining deadline that one forward to a pod holding the model may use. The "
+        "rest is kept to retry on another copy or a new load when that pod does not answer (a cut link); "
+        "1 = the whole deadline. Forwards that ask a pod to load keep the whole deadline.",
+        minimum=0.1,
+        maximum=1.0,
+    )
     stats_tick_s: float = _opt(
         10.0, "MM_STATS_TICK_S", "Request-rate roll-up period (rates cover 6 ticks).", positive=True
     )

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.cluster.placement import TypeConstraints, choose_copy, choose_load_target
@@ -73,6 +73,7 @@ class Availability:
         remote_load_timeout_s: float,
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
+        can_claim: Callable[[], bool] = lambda: True,
     ) -> None:
         self.instance_id = instance_id
         self.views = views
@@ -88,6 +89,9 @@ class Availability:
         self.remote_load_timeout_s = remote_load_timeout_s
         self.clock = clock
         self.rng = rng or random.Random()
+        # False while this pod's etcd session is down: a load here could not claim the model, so a request's
+        # load goes to a peer that can (issue 12: a pod cut from etcd refused new loads at once).
+        self.can_claim = can_claim
         self.type_sizes = TypeSizes()  # learned from the registry: on_record_change
 
     @property
@@ -179,7 +183,11 @@ class Availability:
             recent = rec.recent_failures(now, self.load_failure_expiry_ms)
             if len(recent) >= self.max_load_failures:
                 raise ModelLoadFailed(model_id, _failure_summary(rec.failure_messages, recent))
-            target = self.pick(rec, exclude=exclude, now=now)
+            target = self.pick(rec, exclude=exclude if self.can_claim() else exclude | {me}, now=now)
+            if target is None and not self.can_claim():
+                target = self.pick(
+                    rec, exclude=exclude, now=now
+                )  # only here: it fails UNAVAILABLE, as it should
             if target is None and me not in exclude and me not in recent and not alive:
                 target = me  # our own record is not visible (etcd down at start): load here
             if target is None:
@@ -256,10 +264,16 @@ class Availability:
 
     async def add_copy(self, model_id: str, *, size: int, last_used: int, exclude: set[str]) -> str | None:
         """Load one more copy of a model on a pod not in ``exclude`` (its current holders). Returns the pod,
-        or None when no pod qualifies (the caller tries again on its next check)."""
-        rec = self.views.current.model(model_id)
+        or None when no pod qualifies (the caller tries again on its next check) or the model already has its
+        ``max_copies``."""
+        view = self.views.current
+        rec = view.model(model_id)
         if rec is None:
             return None
+        if rec.max_copies:
+            alive = view.alive()
+            if sum(1 for i in rec.instances if i in alive) >= rec.max_copies:
+                return None
         target = self.pick(rec, exclude=exclude | set(rec.instances), now=self.clock.now_ms(), size=size)
         if target is None:
             return None

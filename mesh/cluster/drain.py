@@ -3,7 +3,8 @@
 Models used in the last hour (``MIGRATION_CUTOFF_MS``) that no other live, non-leaving pod holds are loaded
 elsewhere first, most recently used first, each as an *additional* copy (this pod's own claim stands until
 it leaves, so an exclusive first load would lose to it), within the shutdown deadline. Then every local copy
-is unloaded and released from the registry, least recently used first.
+is unloaded and released from the registry, least recently used first, and the releases are awaited (within
+the deadline) so that peers stop routing here before the server stops.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Drain:
         for entry in sorted(self.cache.entries(), key=lambda e: e.last_used):
             with contextlib.suppress(MeshError):
                 await self.loader.unload(entry.model_id, reason="shutdown")
+        await self.loader.releases_settled(deadline - self.clock.monotonic())
 
     async def migrate(self, deadline: float) -> None:
         """Load recently used local models on other pods before leaving."""

@@ -121,6 +121,9 @@ class Reaper:
         self.is_leader = is_leader
         self.kick = asyncio.Event()
         self._reloads: set[asyncio.Task] = set()
+        # Models with a reload or top-up in flight: a sweep during a slow load (the new copy not claimed in the
+        # registry yet) must not start a second one (issue 12: minCopies 2 ended with 3 copies).
+        self._in_flight: set[str] = set()
         self._deferred = False  # work skipped at the parallel-reload bound: sweep again when a slot frees
 
     def on_instance_change(
@@ -163,13 +166,21 @@ class Reaper:
         return changed
 
     def _reload(self, model_id: str, last_used: int) -> None:
+        if model_id in self._in_flight:
+            return
         if len(self._reloads) >= MAX_PARALLEL_RELOADS:
             self._deferred = True
             return
         log.info("reaper: %s lost its only copy with a dead pod; loading it elsewhere", model_id)
-        self._track(self.availability.ensure_loaded(model_id, last_used=last_used), f"mesh:reload:{model_id}")
+        self._track(
+            model_id,
+            self.availability.ensure_loaded(model_id, last_used=last_used),
+            f"mesh:reload:{model_id}",
+        )
 
     def _top_up(self, model_id: str, missing: int, holders: set[str]) -> None:
+        if model_id in self._in_flight:
+            return
         if len(self._reloads) >= MAX_PARALLEL_RELOADS:
             self._deferred = True
             return
@@ -184,15 +195,17 @@ class Reaper:
                     return
                 holders.add(target)
 
-        self._track(add(), f"mesh:min-copies:{model_id}")
+        self._track(model_id, add(), f"mesh:min-copies:{model_id}")
 
-    def _track(self, coro, name: str) -> None:
+    def _track(self, model_id: str, coro, name: str) -> None:
         task = self.tasks.spawn(name, coro)
         self._reloads.add(task)
-        task.add_done_callback(self._reload_done)
+        self._in_flight.add(model_id)
+        task.add_done_callback(lambda t: self._reload_done(t, model_id))
 
-    def _reload_done(self, task: asyncio.Task) -> None:
+    def _reload_done(self, task: asyncio.Task, model_id: str) -> None:
         self._reloads.discard(task)
+        self._in_flight.discard(model_id)
         if self._deferred:
             self._deferred = False
             self.kick.set()

@@ -39,6 +39,7 @@ from mesh.errors import (
     NoPlacement,
     PeerUnavailable,
     RuntimeUnavailable,
+    timed_out,
     to_status,
 )
 from mesh.ids import check_id
@@ -78,6 +79,7 @@ class Router:
         stats: RequestStats,
         metrics: MeshMetrics,
         request_timeout_s: float = 60.0,
+        peer_hop_fraction: float = 0.75,
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
     ) -> None:
@@ -91,6 +93,7 @@ class Router:
         self.stats = stats
         self.metrics = metrics
         self.request_timeout_s = request_timeout_s
+        self.peer_hop_fraction = peer_hop_fraction
         self.clock = clock
         self.rng = rng or random.Random()
         routed = metrics.requests_routed
@@ -195,11 +198,18 @@ class Router:
             load = route.internal == h.INTERNAL_LOAD
             note.route = "forward-load" if load else "forward"
             self._routed[note.route].inc()
+            # A pod that holds the model gets part of the remaining time: if it never answers (a cut link
+            # is silent until keepalive notices), the rest goes to another copy or a new load (issue 12).
+            hop_deadline = deadline if load else self._hop_deadline(deadline)
             try:
                 return await self._forward(
-                    route, method, payload, model_id, info, exclude, last_used, deadline
+                    route, method, payload, model_id, info, exclude, last_used, hop_deadline
                 )
             except MeshError as exc:
+                if timed_out(exc) and self.clock.monotonic() < deadline:
+                    exc = PeerUnavailable(
+                        f"peer {route.peer} did not answer within its share of the deadline"
+                    )
                 if not _retry_elsewhere(exc, load=load):
                     raise
                 exclude.add(route.peer)
@@ -281,6 +291,10 @@ class Router:
                 TRACING.outgoing(md),
                 _remaining(self.clock, deadline),
             )
+
+    def _hop_deadline(self, deadline: float) -> float:
+        now = self.clock.monotonic()
+        return now + max(0.0, deadline - now) * self.peer_hop_fraction
 
 
 def _remaining(clock: Clock, deadline: float) -> float:

@@ -64,11 +64,26 @@ def _translate(exc: BaseException, what: str) -> MeshError:
     inbound table), connection-level failures as KvUnavailable. Callers ``raise _translate(e, w) from e``."""
     if isinstance(exc, MeshError):
         return exc
+    if isinstance(exc, asyncio.CancelledError):  # see _call_failed: the channel was closed under the call
+        return KvUnavailable(f"etcd {what}: the channel closed under the call (endpoint failover)")
     if isinstance(exc, grpc.aio.AioRpcError):
         return from_rpc_error(exc, Source.ETCD, where=what)
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError, OSError, grpc.aio.UsageError)):
         return KvUnavailable(f"etcd {what}: {type(exc).__name__}: {exc}")
     return KvError(f"etcd {what}: {type(exc).__name__}: {exc}")
+
+
+def _call_failed(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by an etcd call, is that call's failure (to translate) rather than this task
+    being cancelled or the process stopping (to re-raise). grpc.aio raises CancelledError in every call still
+    running on a channel that is closed, which ``connect`` does on failover: the watch loops and callers
+    must hear "etcd unavailable, retry", not a cancellation they would take as their own and end on."""
+    if isinstance(exc, Exception):
+        return True
+    if isinstance(exc, asyncio.CancelledError):
+        task = asyncio.current_task()
+        return task is not None and task.cancelling() == 0
+    return False
 
 
 async def retry(
@@ -266,7 +281,9 @@ class KvClient:
         return grpc.aio.secure_channel(target, channel_credentials(self._tls), options=options)
 
     async def connect(self) -> None:
-        """Open a channel to the first endpoint that answers (starting at the current one)."""
+        """Open a channel to an endpoint that answers, probing every endpoint at once (starting with the
+        current one, or the next after a failure): a member that lost quorum holds a probe for the whole
+        timeout, and probing one by one would make a caller wait that long for each such member."""
         async with self._connect_lock:
             if self._closed:
                 raise KvUnavailable("etcd client is closed")
@@ -276,23 +293,36 @@ class KvClient:
             old, self._channel = self._channel, None
             if old is not None:
                 await old.close()
+            order = [(start + i) % len(self._endpoints) for i in range(len(self._endpoints))]
+            channels = {index: self._make_channel(self._endpoints[index]) for index in order}
+            probes = {asyncio.ensure_future(self._probe(channels[index])): index for index in order}
+            chosen: int | None = None
+            winner_metadata: tuple[tuple[str, str], ...] | None = None
             last: BaseException | None = None
-            for i in range(len(self._endpoints)):
-                index = (start + i) % len(self._endpoints)
-                channel = self._make_channel(self._endpoints[index])
-                try:
-                    await self._probe(channel)
-                except BaseException as exc:
-                    await channel.close()
-                    if not isinstance(exc, Exception):
-                        raise
-                    if not isinstance(exc, KvUnavailable):
-                        raise  # etcd answered (bad credentials, permission): another endpoint says the same
-                    last = exc
-                    continue
-                self._channel, self._index, self._needs_failover = channel, index, False
-                return
-            raise KvUnavailable(f"no etcd endpoint reachable ({', '.join(self._endpoints)})") from last
+            try:
+                pending = set(probes)
+                while pending and chosen is None:
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for probe in sorted(done, key=lambda p: order.index(probes[p])):
+                        exc = probe.exception()
+                        if exc is None:
+                            if chosen is None:
+                                chosen, winner_metadata = probes[probe], probe.result()
+                        elif not isinstance(exc, KvUnavailable):
+                            raise exc  # etcd answered (bad credentials, permission): the others say the same
+                        else:
+                            last = exc
+            finally:
+                for probe in probes:
+                    probe.cancel()
+                await asyncio.gather(*probes, return_exceptions=True)
+                for index, channel in channels.items():
+                    if index != chosen:
+                        await channel.close()
+            if chosen is None:
+                raise KvUnavailable(f"no etcd endpoint reachable ({', '.join(self._endpoints)})") from last
+            self._channel, self._index, self._needs_failover = channels[chosen], chosen, False
+            self._metadata = winner_metadata
 
     def _read_token_file(self) -> str:
         try:
@@ -303,8 +333,9 @@ class KvClient:
             raise KvError(f"etcd token file {self._token_file} is empty")
         return token
 
-    async def _probe(self, channel: grpc.aio.Channel) -> None:
-        """Authenticate if configured, then a one-key Range to prove the endpoint serves requests."""
+    async def _probe(self, channel: grpc.aio.Channel) -> tuple[tuple[str, str], ...] | None:
+        """Authenticate if configured, then a one-key Range to prove the endpoint serves requests. Returns the
+        metadata (auth token) for calls on this channel (etcd's simple tokens are valid on their member only)."""
         metadata = None
         try:
             if self._username is not None:
@@ -322,9 +353,11 @@ class KvClient:
                 timeout=self._timeout,
                 metadata=metadata,
             )
-        except Exception as exc:
+        except BaseException as exc:
+            if not _call_failed(exc):
+                raise
             raise _translate(exc, "connect") from exc
-        self._metadata = metadata
+        return metadata
 
     async def close(self) -> None:
         async with self._connect_lock:
@@ -344,7 +377,9 @@ class KvClient:
             try:
                 fn = getattr(stub(channel), method)
                 return await fn(request, timeout=self._timeout, metadata=self._metadata)
-            except Exception as exc:
+            except BaseException as exc:
+                if not _call_failed(exc):
+                    raise
                 err = _translate(exc, what)
                 if attempt == 0 and self._renewable and isinstance(err, KvAuthExpired):
                     self._needs_failover = False
@@ -358,7 +393,7 @@ class KvClient:
     async def _reauthenticate(self, channel: grpc.aio.Channel | None) -> None:
         async with self._connect_lock:
             if channel is not None and channel is self._channel:
-                await self._probe(channel)
+                self._metadata = await self._probe(channel)
 
     # --- KV -----------------------------------------------------------------------------------
 
@@ -466,7 +501,9 @@ class KvClient:
         try:
             await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
             resp = await call.read()
-        except Exception as exc:
+        except BaseException as exc:
+            if not _call_failed(exc):
+                raise
             err = _translate(exc, "lease_keepalive")
             if isinstance(err, LeaseNotFound):
                 return 0
@@ -550,7 +587,9 @@ class KvClient:
             try:
                 await call.write(rpc.WatchRequest(create_request=create))
                 first = await asyncio.wait_for(call.read(), self._timeout)
-            except Exception as exc:
+            except BaseException as exc:
+                if not _call_failed(exc):
+                    raise
                 err = _translate(exc, "watch create")
                 if isinstance(err, KvAuthExpired) and self._renewable:
                     await self._reauthenticate(channel)  # the owner re-creates the watch with the new token
@@ -564,7 +603,9 @@ class KvClient:
             while True:
                 try:
                     resp = await call.read()
-                except Exception as exc:
+                except BaseException as exc:
+                    if not _call_failed(exc):
+                        raise
                     raise _translate(exc, "watch") from exc
                 self._check_watch_response(resp)
                 if resp.events:

@@ -54,8 +54,9 @@ class Election:
 
     @property
     def leader_id(self) -> str | None:
-        """The current leader's candidate id, or None while unknown (no leader, or etcd unreachable)."""
-        return self._leader
+        """The current leader's candidate id, or None while unknown: no leader, etcd unreachable, or our own
+        lease possibly ended (then the key we last saw may name a leader that is no longer one)."""
+        return self._leader if self._session.healthy else None
 
     @property
     def is_leader(self) -> bool:
@@ -78,11 +79,11 @@ class Election:
         """Tell ``on_change`` callbacks when (leader, is_leader) differs from what they last heard. Also run
         when the session's health changes: winning while the session was still recovering is leadership
         only once it is healthy, and the callbacks must hear it then (issue 12, bug 3)."""
-        now = (self._leader, self.is_leader)
+        now = (self.leader_id, self.is_leader)
         if now == self._reported:
             return
         self._reported = now
-        leader = self._leader
+        leader = self.leader_id
         log.info("%s: leader is now %s (%s)", self.name, leader, "us" if self.is_leader else "not us")
         for cb in list(self._callbacks):
             try:

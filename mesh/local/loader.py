@@ -127,6 +127,7 @@ class Loader:
         self.hooks = hooks
         self.metrics = metrics
         self.tasks = tasks
+        self._releasing: set[asyncio.Task[None]] = set()  # registry releases in flight (releases_settled)
         self.on_change = on_change
         self.clock = clock
         self._load_timeout_ms = load_timeout_ms
@@ -348,7 +349,16 @@ class Loader:
         await self._unload_runtime(entry.model_id)
         if update_registry:
             # The memory is free once the runtime unloaded; the registry update need not delay a waiting load.
-            self.tasks.spawn(f"mesh:release:{entry.model_id}", self._release(entry))
+            task = self.tasks.spawn(f"mesh:release:{entry.model_id}", self._release(entry))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+
+    async def releases_settled(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) for the registry releases still in flight: at shutdown the pod stops
+        serving only once its peers can see that it holds nothing, so none of them routes to it meanwhile."""
+        pending = set(self._releasing)
+        if pending and timeout_s > 0:
+            await asyncio.wait(pending, timeout=timeout_s)
 
     async def _release(self, entry: CacheEntry) -> None:
         try:

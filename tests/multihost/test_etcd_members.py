@@ -164,12 +164,6 @@ def test_without_quorum_management_fails_fast_with_unavailable(member_loss):
     assert {o["code"] for o in outcomes} == {"UNAVAILABLE"}, outcomes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 (found by the multi-host suite): a pod whose etcd member loses quorum fails over by closing "
-    "its channel, which cancels its open watches; the watch tasks take that CancelledError as their own "
-    "cancellation and end, so the pod never watches again and management stays UNAVAILABLE",
-)
 def test_after_quorum_returns_management_works_through_every_pod(member_loss):
     assert None not in member_loss["management_back_s"].values(), member_loss.get("converge_errors")
 

@@ -163,20 +163,10 @@ def test_the_staggered_heal_opened_the_window(outage):
     assert outage["loaded_by_pod0_in_window"], outage["before"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 bug 4: copies loaded while a holder was not yet back in etcd are never reconciled "
-    "(the holder's janitor re-adds its own copy; nothing removes copies above maxCopies)",
-)
 def test_after_the_outage_copies_stay_within_max_copies(outage):
     assert outage["over_policy_after"] == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 bug 3: the new leader won its election while its re-granted session was still marked "
-    "unhealthy; the reaper's leader flag stays false and nothing re-evaluates it",
-)
 def test_after_the_outage_the_new_leader_reaps_a_killed_pod(outage):
     assert outage["victim_listed_in"], "the victim held no copy"
     assert outage["still_listed_in"] == [], outage

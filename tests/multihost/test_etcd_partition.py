@@ -165,8 +165,10 @@ def test_the_cut_pod_keeps_serving_what_it_holds(partition):
 def test_the_cut_pod_takes_no_load_it_cannot_record(partition):
     assert partition["loads_on_cut_pod_during_cut"] == 0
     assert not partition["fresh_held_by_cut_pod"]
-    # the request is served by a load elsewhere, or refused as UNAVAILABLE: never an INTERNAL error or a hang
-    assert {o["code"] for o in partition["fresh_through_cut_pod"]} <= {"OK", "UNAVAILABLE"}
+    # the cut pod cannot claim the model, so it hands the load to a peer that can: the request is served
+    assert {o["code"] for o in partition["fresh_through_cut_pod"]} == {"OK"}, partition[
+        "fresh_through_cut_pod"
+    ]
 
 
 def test_lease_ends_and_models_are_replaced_within_ttl_plus_load_time(partition):
@@ -180,11 +182,6 @@ def test_no_request_fails_during_the_partition(partition):
     assert partition["failures"] == [], partition["traffic_during_cut"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 (found by the multi-host suite): a leader cut from etcd keeps naming itself leader until "
-    "its etcd watch breaks (~5 s), after its lease (TTL 3 s) ended and another pod won the election",
-)
 def test_never_more_than_one_leader(partition):
     leaders = partition["leaders"]
     assert partition["leader_samples_during_cut"] >= 20
@@ -196,9 +193,5 @@ def test_the_cut_pod_rejoins_without_a_restart(partition):
     assert not partition["cut_pod_process_restarted"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 bug 1: the healed pod's janitor re-adds its copies and nothing removes copies above maxCopies",
-)
 def test_after_the_heal_copies_stay_within_max_copies(partition):
     assert partition["over_policy_after_heal"] == {}

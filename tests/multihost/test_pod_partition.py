@@ -128,22 +128,12 @@ def test_failed_requests_end_within_the_client_deadline(pod_partition):
         assert worst is None or worst <= (pod_partition["deadline_s"] + 2) * 1000, pod_partition[part]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 bug 2: the hop to the unreachable peer uses the whole deadline and DEADLINE_EXCEEDED "
-    "is not retried on the other copy",
-)
 def test_no_request_lost_for_models_with_two_copies(pod_partition):
     pairs = pod_partition["pairs_during_cut"]
     assert pairs["requests"] > 0
     assert pairs["by_code"] == {"OK": pairs["requests"]}, pod_partition["failure_examples"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 bug 2: requests for a model whose only copy is behind the cut fail until the peer "
-    "channel gives up (~20 s) instead of loading a new copy within the deadline",
-)
 def test_single_copy_models_fail_over_to_a_new_load_within_the_deadline(pod_partition):
     singles = pod_partition["singles_during_cut"]
     assert singles["requests"] > 0

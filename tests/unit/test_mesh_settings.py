@@ -444,6 +444,7 @@ def test_every_flag_round_trips() -> None:
     special = {
         "max_message_bytes": ("5000", 5000),
         "max_hops": ("3", 3),
+        "peer_hop_fraction": ("0.5", 0.5),
         "tls_client_auth": ("NONE", "none"),
         "log_level": ("warning", "WARNING"),
         "type_constraints": ("{}", "{}"),
