@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # MLServer (and its protobuf<7 pin) lives in its own venv; the MLServer adapter tests use it.
 MLSERVER_STAMP := .venv-mlserver/.installed
 
-.PHONY: demo test test-slow lint fmt protos clean
+.PHONY: demo test test-slow lint fmt protos clean ray-venv
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,6 +19,11 @@ venv: $(STAMP)
 
 $(MLSERVER_STAMP): scripts/mlserver_venv.sh
 	PY=$(PY) scripts/mlserver_venv.sh .venv-mlserver
+
+# Ray Serve for the peer comparison benchmark (loadtests/ray_serve), in its own venv; not part of `make test`.
+# The script is idempotent (a stamp of its pins), so this target always defers to it.
+ray-venv:
+	PY=$(PY) scripts/ray_venv.sh .venv-ray
 
 demo: $(STAMP)
 	$(BIN)/python -m mesh.devtools.demo
@@ -41,4 +46,4 @@ protos: $(STAMP)
 	PYTHON=$(BIN)/python scripts/gen_protos.sh
 
 clean:
-	rm -rf $(VENV) .venv-mlserver var .mesh
+	rm -rf $(VENV) .venv-mlserver .venv-ray var .mesh
