@@ -8,8 +8,9 @@ Owns the "Tail under churn" comparison of issue 9. For each scale n in ``--scale
   RSS delta is larger, so 50 x 16 KiB = 800 KiB holds 50 of them (the per-pod ``models_held`` at the end shows
   what actually fit). The load and its classification are ``loadtests.cluster_zipf``'s (``measure``): round
   robin over the pods, header ``mm-model-id``.
-- **ray**: one private Ray instance (``control.RayHost``, started after the mesh runs and stopped before the
-  report), and per scale and per ``--max-ongoing`` value a fresh Serve application of n replicas with
+- **ray**: right after the mesh run of that scale, a private Ray instance (``control.RayHost``, stopped
+  before the next scale, so only one system runs at a time and the two runs a ratio compares are minutes
+  apart), and per ``--max-ongoing`` value a fresh Serve application of n replicas with
   ``@serve.multiplexed(max_num_models_per_replica=--models-per-pod)`` (``app.py``), reached through Ray's gRPC
   proxy with metadata ``multiplexed_model_id`` (+ ``application``).
 
@@ -301,8 +302,10 @@ def run_mesh(
 
 
 def run_ray(
-    models: list[cz.ModelSpec], files: dict[str, str], ns: argparse.Namespace, data_dir: Path
+    scale: int, models: list[cz.ModelSpec], files: dict[str, str], ns: argparse.Namespace, data_dir: Path
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every ``--max-ongoing`` setting at one scale, on a Ray instance of its own (started here, stopped
+    before returning, so it costs the mesh's scenarios nothing while they run)."""
     temp_dir = (
         Path(ns.ray_temp_dir).resolve() if ns.ray_temp_dir else REPO_ROOT / "var" / f"ray-{os.getpid()}"
     )
@@ -312,45 +315,44 @@ def run_ray(
         temp_dir,
         grpc_port=free_port(),
         http_port=free_port(),
-        log_path=data_dir / "ray-host.log",
+        log_path=data_dir / f"ray-host-{scale}.log",
     )
     print(f"ray: starting a private Ray instance (temp dir {temp_dir}) …", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     scenarios: list[dict[str, Any]] = []
-    info: dict[str, Any] = {"temp_dir": str(temp_dir), "log": str(host.log_path)}
+    info: dict[str, Any] = {"scale": scale, "temp_dir": str(temp_dir), "log": str(host.log_path)}
     try:
         host.start()
         info["start_seconds"] = round(time.perf_counter() - t0, 1)
         info["versions"] = host.versions
-        for scale in ns.scale:
-            for max_ongoing in ns.max_ongoing:
-                print(
-                    f"ray: {scale} replica(s), max_ongoing_requests={max_ongoing} …",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                deploy_s = host.deploy(
-                    files, replicas=scale, max_models=ns.models_per_pod, max_ongoing=max_ongoing
-                )
-                raw = asyncio.run(measure_ray(host, models, ns))
-                row = ray_row(scale, max_ongoing, raw)
-                t: cz.Tally = raw["tally"]
-                scenarios.append(
-                    {
-                        "row": row,
-                        "deploy_seconds": deploy_s,
-                        "routable_wait_s": raw["routable_wait_s"],
-                        "warmup_loads": raw["warm_loads"],
-                        "loads_by_replica": raw["loads_by_replica"],
-                        "classes": [
-                            cz.lat_row(c, t.latencies.get(c, []), row["requests_ok"], raw["elapsed"])
-                            for c in ("hit", "miss")
-                        ],
-                        "errors_by_code": dict(t.errors),
-                        "error_examples": t.error_examples,
-                        "cpu_s": raw["cpu_s"],
-                    }
-                )
+        for max_ongoing in ns.max_ongoing:
+            print(
+                f"ray: {scale} replica(s), max_ongoing_requests={max_ongoing} …",
+                file=sys.stderr,
+                flush=True,
+            )
+            deploy_s = host.deploy(
+                files, replicas=scale, max_models=ns.models_per_pod, max_ongoing=max_ongoing
+            )
+            raw = asyncio.run(measure_ray(host, models, ns))
+            row = ray_row(scale, max_ongoing, raw)
+            t: cz.Tally = raw["tally"]
+            scenarios.append(
+                {
+                    "row": row,
+                    "deploy_seconds": deploy_s,
+                    "routable_wait_s": raw["routable_wait_s"],
+                    "warmup_loads": raw["warm_loads"],
+                    "loads_by_replica": raw["loads_by_replica"],
+                    "classes": [
+                        cz.lat_row(c, t.latencies.get(c, []), row["requests_ok"], raw["elapsed"])
+                        for c in ("hit", "miss")
+                    ],
+                    "errors_by_code": dict(t.errors),
+                    "error_examples": t.error_examples,
+                    "cpu_s": raw["cpu_s"],
+                }
+            )
     finally:
         killed = host.stop()
         info["killed_at_stop"] = killed
@@ -468,14 +470,18 @@ def main(argv: list[str] | None = None) -> int:
     files = {m.id: str(models_dir / by_id[m.id]["file"]) for m in models}
     data_dir = Path(ns.data_dir or DEFAULT_DATA_ROOT / started.strftime("%Y%m%d-%H%M%S")).resolve()
 
-    mesh_runs = []
-    if "mesh" in ns.systems:
-        for scale in ns.scale:
-            mesh_runs.append({"scale": scale, **run_mesh(scale, models, ns, data_dir)})
+    # Scale by scale, mesh then Ray: the two runs compared in a ratio are minutes apart at most, so a
+    # change in what else the machine runs hits both about alike; only one system runs at a time.
+    mesh_runs: list[dict[str, Any]] = []
     ray_runs: list[dict[str, Any]] = []
-    ray_info: dict[str, Any] = {}
-    if "ray" in ns.systems:
-        ray_runs, ray_info = run_ray(models, files, ns, data_dir)
+    ray_instances: list[dict[str, Any]] = []
+    for scale in ns.scale:
+        if "mesh" in ns.systems:
+            mesh_runs.append({"scale": scale, **run_mesh(scale, models, ns, data_dir)})
+        if "ray" in ns.systems:
+            scenarios, info = run_ray(scale, models, files, ns, data_dir)
+            ray_runs += scenarios
+            ray_instances.append(info)
     rows = [r["row"] for r in mesh_runs] + [r["row"] for r in ray_runs]
     rows.sort(key=lambda r: (r["scale"], r["system"] != "mesh", r.get("max_ongoing", 0)))
     ratio_rows = ratios(rows)
@@ -511,8 +517,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
     if dead:
         print(f"\nDEAD PODS: {dead}")
-    if ray_info.get("killed_at_stop"):
-        print(f"\nRay processes that had to be killed at stop: {ray_info['killed_at_stop']}")
+    killed = [k for info in ray_instances for k in info.get("killed_at_stop", [])]
+    if killed:
+        print(f"\nRay processes that had to be killed at stop: {killed}")
 
     command = "python -m loadtests.ray_serve " + shlex.join(argv if argv is not None else sys.argv[1:])
     result = {
@@ -524,12 +531,15 @@ def main(argv: list[str] | None = None) -> int:
         "mesh_capacity_bytes_per_pod": ns.models_per_pod * MIN_MODEL_BYTES,
         "machine": {**machine_info(), "loadavg_start": loadavg_start, "loadavg_end": loadavg_end},
         "code": cz.code_version(),
-        "versions": {"mesh": mesh_versions(), "ray": ray_info.get("versions", {})},
+        "versions": {
+            "mesh": mesh_versions(),
+            "ray": next((i["versions"] for i in ray_instances if "versions" in i), {}),
+        },
         "note": "client, mesh pods, runtimes, etcd and Ray share this machine's CPUs; systems run one after the other",
         "rows": rows,
         "ratios": ratio_rows,
         "mesh": mesh_runs,
-        "ray": {"instance": ray_info, "scenarios": ray_runs},
+        "ray": {"instances": ray_instances, "scenarios": ray_runs},
     }
     if not ns.no_write:
         path = write_results("peer_ray", json.loads(json.dumps(result, default=str)))
