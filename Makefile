@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # MLServer (and its protobuf<7 pin) lives in its own venv; the MLServer adapter tests use it.
 MLSERVER_STAMP := .venv-mlserver/.installed
 
-.PHONY: demo test test-slow test-container test-multihost lint fmt protos lock clean
+.PHONY: demo test test-slow test-container test-multihost lint fmt protos lock clean ray-venv
 
 # requirements-dev.lock pins every package (transitive ones too) with its hashes: the install refuses anything
 # else. The project itself goes in editable, without build isolation (the locked setuptools builds it).
@@ -20,6 +20,11 @@ venv: $(STAMP)
 
 $(MLSERVER_STAMP): scripts/mlserver_venv.sh
 	PY=$(PY) scripts/mlserver_venv.sh .venv-mlserver
+
+# Ray Serve for the peer comparison benchmark (loadtests/ray_serve), in its own venv; not part of `make test`.
+# The script is idempotent (a stamp of its pins), so this target always defers to it.
+ray-venv:
+	PY=$(PY) scripts/ray_venv.sh .venv-ray
 
 demo: $(STAMP)
 	$(BIN)/python -m mesh.devtools.demo
@@ -60,4 +65,4 @@ lock: $(STAMP)
 	$(PIP_COMPILE) --extra runtime --extra minio --extra etcd --extra dev -o requirements-dev.lock pyproject.toml
 
 clean:
-	rm -rf $(VENV) .venv-mlserver var .mesh
+	rm -rf $(VENV) .venv-mlserver .venv-ray var .mesh

@@ -47,6 +47,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -357,16 +358,25 @@ class Tally:
 
 
 class Driver:
+    """The closed loop: ``concurrency`` coroutines, each with one request in flight, round-robin over
+    ``addresses``, models drawn from ``sampler``. Each request is classified before it is sent by
+    ``view.classify(model_id, instance_id)``; ``after``, when given, may reclassify it from the response's
+    trailing metadata (a peer system that reports its own misses). The model id travels in the ``header``
+    metadata (the mesh's ``mm-model-id`` by default), with ``extra_metadata`` beside it."""
+
     def __init__(
         self,
         addresses: list[str],
         instance_ids: list[str],
         models: list[ModelSpec],
         sampler: ZipfSampler,
-        view: RegistryView,
+        view: Any,
         *,
         timeout: float,
         verify_every: int,
+        header: str = MODEL_ID_HEADER,
+        extra_metadata: tuple[tuple[str, str], ...] = (),
+        after: Callable[[str, Any], str] | None = None,
     ) -> None:
         self.addresses = addresses
         self.instance_ids = instance_ids
@@ -375,6 +385,8 @@ class Driver:
         self.view = view
         self.timeout = timeout
         self.verify_every = verify_every
+        self.metadata = [((header, m.id), *extra_metadata) for m in models]
+        self.after = after
         self.next_pod = itertools.count()
         self.seen: set[int] = set()
         self.calls: list[Any] = []
@@ -405,9 +417,10 @@ class Driver:
             tally.sent += 1
             t0 = time.perf_counter()
             try:
-                resp = await self.calls[pod](
-                    model.payload, metadata=((MODEL_ID_HEADER, model.id),), timeout=self.timeout
-                )
+                call = self.calls[pod](model.payload, metadata=self.metadata[index], timeout=self.timeout)
+                resp = await call
+                if self.after is not None:
+                    klass = self.after(klass, await call.trailing_metadata())
             except grpc.aio.AioRpcError as exc:
                 code = exc.code().name
                 tally.errors[code] += 1
@@ -445,6 +458,7 @@ def lat_row(name: str, lats: list[float], total: int, seconds: float) -> dict[st
         "share": round(len(lats) / total, 4) if total else 0.0,
         "throughput_rps": round(len(lats) / seconds, 1) if seconds else 0.0,
         "p50_ms": round(percentile(lats, 50) * 1e3, 2),
+        "p90_ms": round(percentile(lats, 90) * 1e3, 2),
         "p99_ms": round(percentile(lats, 99) * 1e3, 2),
         "max_ms": round(max(lats) * 1e3, 2) if lats else 0.0,
     }
@@ -452,6 +466,15 @@ def lat_row(name: str, lats: list[float], total: int, seconds: float) -> dict[st
 
 def per_minute(n: float, seconds: float) -> float:
     return round(n * 60 / seconds, 1) if seconds else 0.0
+
+
+def register_models(cluster: LocalCluster, models: list[ModelSpec]) -> float:
+    """Register every model (not loaded), spread over the pods like the load; returns the seconds taken."""
+    t0 = time.perf_counter()
+    for i, m in enumerate(models):
+        with MeshClient(cluster.addresses[i % len(cluster.addresses)]) as client:
+            client.register(m.id, m.type, m.path)
+    return time.perf_counter() - t0
 
 
 async def measure(cluster: LocalCluster, models: list[ModelSpec], args: argparse.Namespace) -> dict[str, Any]:
@@ -769,11 +792,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=data_dir,
     )
     with cluster:
-        t0 = time.perf_counter()
-        for i, m in enumerate(models):  # registration does not load; spread over pods like the load
-            with MeshClient(cluster.addresses[i % args.pods]) as client:
-                client.register(m.id, m.type, m.path)
-        register_s = time.perf_counter() - t0
+        register_s = register_models(cluster, models)
         print(f"registered {len(models)} models in {register_s:.1f}s", file=sys.stderr, flush=True)
         raw = asyncio.run(measure(cluster, models, args))
         dead = [p.instance_id for p in cluster.dead_pods()]
