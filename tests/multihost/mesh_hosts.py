@@ -222,9 +222,13 @@ class MultiHostMesh:
             return ""
 
     def metric(self, index: int, name: str, labels: str = "") -> float:
-        """Sum of the samples of ``name`` on pod ``index`` (optionally only lines containing ``labels``)."""
+        """Sum of the samples of ``name`` on pod ``index`` (optionally only lines containing ``labels``). A name
+        the pod does not export at all is an error, not 0: a renamed metric must fail the test that reads it."""
         with NO_PROXY.open(self.pods[index].metrics_url, timeout=5) as resp:
             text = resp.read().decode()
+        family = name.removesuffix("_count").removesuffix("_sum").removesuffix("_total")
+        if f"# TYPE {family} " not in text and f"# TYPE {family}_total " not in text:
+            raise AssertionError(f"pod {index} exports no metric family {family!r} (asked for {name!r})")
         total = 0.0
         for line in text.splitlines():
             if line.startswith(name) and line[len(name)] in " {" and labels in line:

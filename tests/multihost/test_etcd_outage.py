@@ -113,7 +113,10 @@ def outage(netlab_ready, samples):
 
         # the leader elected after the outage does leader work: a pod killed now is reaped from every record
         leader = obs["leader_after_outage"]
-        victim = next(p for p in mesh.pods if p.instance_id != leader)
+        records = mesh.records().values()
+        followers = [p for p in mesh.pods if p.instance_id != leader]
+        # a follower that holds copies (after the maxCopies reconcile one of them may hold none)
+        victim = max(followers, key=lambda p: sum(p.instance_id in r.instances for r in records))
         obs["victim"] = victim.instance_id
         obs["victim_listed_in"] = sorted(
             mid for mid, r in mesh.records().items() if victim.instance_id in r.instances

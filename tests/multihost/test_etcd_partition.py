@@ -72,7 +72,7 @@ def partition(netlab_ready, samples):
         sampler = Sampler(mesh).start(t0=time.monotonic() - traffic.now())
         try:
             wait_for(lambda: traffic.count_ok() >= 30, timeout=30, what="traffic flowing")
-            loads_before = mesh.metric(cut, "modelmesh_loadmodel_seconds_count")
+            loads_before = mesh.metric(cut, "modelmesh_loadmodel_milliseconds_count")
             t_cut = traffic.now()
             mesh.lab.cut(cut_pod.host, etcd_host)
 
@@ -105,7 +105,7 @@ def partition(netlab_ready, samples):
             obs["fresh_through_cut_pod"] = fresh_outcomes
             obs["fresh_held_by_cut_pod"] = fresh["id"] in mesh.local_models(cut)
             obs["loads_on_cut_pod_during_cut"] = (
-                mesh.metric(cut, "modelmesh_loadmodel_seconds_count") - loads_before
+                mesh.metric(cut, "modelmesh_loadmodel_milliseconds_count") - loads_before
             )
             obs["during_cut"] = {mid: mesh.loaded_on(mid) for mid in policy}
 

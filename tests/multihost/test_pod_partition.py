@@ -96,7 +96,7 @@ def pod_partition(netlab_ready, samples):
         obs["last_failure_s"] = round(max(t for t, _ in failed), 2) if failed else None
         obs["failure_examples"] = [vars(o) for _, o in failed[:5]]
         obs["receptions"] = sum(
-            mesh.metric(p.index, "modelmesh_api_request_seconds_count", INFER) for p in mesh.pods
+            mesh.metric(p.index, "modelmesh_api_request_milliseconds_count", INFER) for p in mesh.pods
         )
         obs["forwards_by_pod"] = {
             p.instance_id: mesh.metric(p.index, "modelmesh_requests_routed_total", 'route="forward')

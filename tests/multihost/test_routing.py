@@ -50,9 +50,9 @@ def routing(netlab_ready, samples):
         obs["addresses"] = {iid: rec.address for iid, rec in mesh.instances().items()}
         obs["holders"] = {mid: mesh.loaded_on(mid) for mid in ids}
         obs["held"] = mesh.held_copies(ids)
-        obs["loads"] = _sum(mesh, "modelmesh_loadmodel_seconds_count")
-        obs["invocations"] = _sum(mesh, "modelmesh_invoke_model_seconds_count", INFER)
-        obs["receptions"] = _sum(mesh, "modelmesh_api_request_seconds_count", INFER)
+        obs["loads"] = _sum(mesh, "modelmesh_loadmodel_milliseconds_count")
+        obs["invocations"] = _sum(mesh, "modelmesh_invoke_model_milliseconds_count", INFER)
+        obs["receptions"] = _sum(mesh, "modelmesh_api_request_milliseconds_count", INFER)
         # both routes that send a request to another pod: "forward" (to a copy) and "forward-load" (to load it)
         obs["forwards"] = _sum(mesh, "modelmesh_requests_routed_total", 'route="forward')
 
@@ -128,7 +128,8 @@ def test_requests_to_any_pod_reach_the_pod_holding_the_model(routing):
     # every request ran once, on the holder's runtime; those that arrived elsewhere were forwarded there
     assert routing["invocations"] == routing["requests"]
     assert routing["forwards"] == routing["requests_at_non_holders"] > 0
-    assert routing["receptions"] == routing["requests"] + routing["forwards"]
+    # ModelMesh's api-request metric counts a request at the pod it entered, not again where it was forwarded
+    assert routing["receptions"] == routing["requests"]
 
 
 def test_min_copies_places_copies_on_distinct_hosts(routing):
