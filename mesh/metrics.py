@@ -7,6 +7,7 @@ convention) rather than ModelMesh's milliseconds.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -104,6 +105,8 @@ class MeshMetrics:
             registry=r,
         )
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+    def serve(self, port: int, addr: str = "0.0.0.0", source: Collector | None = None) -> None:
+        """Serve ``source`` (default: this registry; a pod with data-plane workers serves its registry merged
+        with theirs, ``mesh.metrics_merge``) on ``port``."""
         if port:
-            start_http_server(port, addr=addr, registry=self.registry)
+            start_http_server(port, addr=addr, registry=source or self.registry)

@@ -31,6 +31,7 @@ import signal
 import sys
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from mesh import __version__
 from mesh.api.admin import MeshAdminServicer
@@ -49,6 +50,8 @@ from mesh.cluster.reservations import Reservations
 from mesh.cluster.scaling import CopyScaler
 from mesh.cluster.view import ViewHolder
 from mesh.cluster.vmodels import VModels
+from mesh.dataplane.headers import PEER_TOKEN
+from mesh.dataplane.local_table import RuntimeRoute
 from mesh.dataplane.peer_auth import PeerAuth
 from mesh.dataplane.router import Router
 from mesh.dataplane.server import InferenceHandler, add_health
@@ -66,10 +69,12 @@ from mesh.local.loader import Loader
 from mesh.local.runtime import LocalRuntime
 from mesh.local.stats import RequestStats
 from mesh.metrics import MeshMetrics
+from mesh.metrics_merge import MergedMetrics
 from mesh.peers import PeerClient
 from mesh.redact import install_log_redaction
 from mesh.settings import MeshSettings, add_arguments, load_settings
 from mesh.tasks import TaskSupervisor
+from mesh.workers import MAX_PROCESSES, DataPlaneWorkers, WorkerFeed, worker_args
 from protos.meshadmin import admin_pb2_grpc
 
 log = logging.getLogger("mesh.pod")
@@ -89,6 +94,14 @@ class Pod:
         self.tasks = TaskSupervisor(on_restart=lambda name: self.metrics.task_restarts.labels(name).inc())
         self.stats = RequestStats(window_s=6 * settings.stats_tick_s, tick_s=settings.stats_tick_s)
         self.start_time = clock.now_ms()
+        if not 1 <= settings.dataplane_processes <= MAX_PROCESSES:
+            raise ValueError(f"MM_DATAPLANE_PROCESSES must be between 1 and {MAX_PROCESSES}")
+        if settings.dataplane_processes > 1 and settings.runtime_inprocess:
+            raise ValueError(
+                "MM_DATAPLANE_PROCESSES > 1 needs a runtime reached by address: workers cannot reach a runtime "
+                "inside the pod process (MM_RUNTIME_INPROCESS)"
+            )
+        self.workers: DataPlaneWorkers | None = None
         self.shutting_down = False
         self.ready = False
         self.rng = random.Random()
@@ -125,7 +138,12 @@ class Pod:
         await self._start_leader_work()
         self._start_local_work()
         await self._start_server()
-        self.metrics.serve(s.metrics_port, addr="127.0.0.1" if s.host.startswith("127.") else "0.0.0.0")
+        await self._start_workers()
+        self.metrics.serve(
+            s.metrics_port,
+            addr="127.0.0.1" if s.host.startswith("127.") else "0.0.0.0",
+            source=self.workers.metrics if self.workers is not None else None,
+        )
         self.ready = True
         self._runtime_reachable = True
         self.tasks.supervise("mesh:health", lambda: self.pod_health.run(self._health_state))
@@ -290,8 +308,10 @@ class Pod:
 
     async def _start_server(self) -> None:
         s = self.settings
+        # several data-plane processes share the port (mesh.workers): the owner's socket must allow it too
+        sharing = [("grpc.so_reuseport", 1)] if s.dataplane_processes > 1 else []
         self.server = grpc.aio.server(
-            options=[*channel_options(s.max_message_bytes), *SERVER_OPTIONS],
+            options=[*channel_options(s.max_message_bytes), *SERVER_OPTIONS, *sharing],
             interceptors=[ErrorBoundary(log)],
         )
         self.api = ModelMeshServicer(
@@ -319,8 +339,7 @@ class Pod:
             clock=self.clock,
         )
         self.api.vmodels = self.vmodels
-        add_to_server(self.api, self.server)
-        admin = MeshAdminServicer(
+        self.admin = MeshAdminServicer(
             instance_id=self.instance_id,
             views=self.views,
             cache=self.cache,
@@ -328,22 +347,10 @@ class Pod:
             failure_expiry_ms=s.load_failure_expiry_ms,
             clock=self.clock,
         )
-        admin_pb2_grpc.add_MeshAdminServicer_to_server(admin, self.server)
         self.health = add_health(self.server)
         self.pod_health = PodHealth(self.health, kv_grace_s=s.ready_etcd_grace_s)
         await self.pod_health.listening()
-        self.server.add_generic_rpc_handlers(
-            (
-                InferenceHandler(
-                    self.router,
-                    self.metrics,
-                    lambda: self.ready and not self.shutting_down,
-                    __version__,
-                    known_methods=lambda: self.runtime.link.declared_methods if self.runtime.link else (),
-                    clock=self.clock,
-                ),
-            )
-        )
+        self._add_services(self.server, self.metrics)
         port = add_port(
             self.server,
             f"{s.host}:{s.port}",
@@ -352,8 +359,68 @@ class Pod:
         )
         if not port:
             raise RuntimeError(f"could not bind {s.host}:{s.port}")
+        self.bound_port = port
         await self.server.start()
         self.vmodels.start(lambda: self.election.is_leader)
+
+    def _add_services(self, server: grpc.aio.Server, metrics: MeshMetrics) -> None:
+        """The pod's services (management, admin, inference) on ``server``: the external one, or the local
+        socket the data-plane workers pass calls to (mesh.workers)."""
+        add_to_server(self.api, server)
+        admin_pb2_grpc.add_MeshAdminServicer_to_server(self.admin, server)
+        server.add_generic_rpc_handlers(
+            (
+                InferenceHandler(
+                    self.router,
+                    metrics,
+                    lambda: self.ready and not self.shutting_down,
+                    __version__,
+                    known_methods=lambda: self.runtime.link.declared_methods if self.runtime.link else (),
+                    clock=self.clock,
+                ),
+            )
+        )
+
+    async def _start_workers(self) -> None:
+        """``MM_DATAPLANE_PROCESSES`` > 1: start the workers that share the external port (mesh.workers)."""
+        s = self.settings
+        if s.dataplane_processes <= 1:
+            return
+        feed = WorkerFeed(
+            instance_id=self.instance_id,
+            peer_token=dict(self.peer_auth.metadata)[PEER_TOKEN],
+            cache=self.cache,
+            runtime_route=self._runtime_route,
+            vmodels={vid: rec.active for vid, rec in self.views.current.vmodels.items()},
+        )
+        self.vmodels_table.add_listener(
+            lambda vid, old, new: feed.vmodel_changed(vid, None if new is None else new.active)
+        )
+        self.runtime.on_back(lambda info: feed.poke())
+        self.workers = DataPlaneWorkers(
+            processes=s.dataplane_processes,
+            feed=feed,
+            cache=self.cache,
+            stats=self.stats,
+            metrics=MergedMetrics(self.metrics.registry),
+            worker_args=worker_args(s, self.bound_port),
+            clock=self.clock,
+            max_message_bytes=s.max_message_bytes,
+        )
+
+        def local_services(server: grpc.aio.Server) -> None:
+            # requests a worker passes on were counted by that worker: these metrics are never served
+            self._add_services(server, MeshMetrics())
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+
+        await self.workers.start(local_services)
+
+    def _runtime_route(self) -> RuntimeRoute | None:
+        """Where the workers send inference for ACTIVE models (None while the runtime is down)."""
+        link, info = self.runtime.link, self.runtime.info
+        if link is None or info is None or not self.loader.runtime_ready:
+            return None
+        return RuntimeRoute(link.address, dict(info.method_infos), info.allow_any_method)
 
     # ------------------------------------------------------------------ wiring callbacks
     def kv_healthy(self) -> bool:
@@ -399,6 +466,8 @@ class Pod:
         m.instance_lru_age_seconds.set(max(0, self.clock.now_ms() - oldest) / 1000 if oldest else 0)
         if hasattr(self, "publisher"):
             self.publisher.poke()
+        if self.workers is not None:
+            self.workers.feed.poke()
 
     def _on_record_change(self, model_id: str, old: ModelRecord | None, new: ModelRecord | None) -> None:
         if new is None and model_id in self.cache:
@@ -453,7 +522,11 @@ class Pod:
         with contextlib.suppress(Exception):
             await self.publisher.publish(force=True)
         await self.drain.run(deadline)
-        await self.server.stop(grace=min(5.0, max(0.5, deadline - self.clock.monotonic())))
+        grace = min(5.0, max(0.5, deadline - self.clock.monotonic()))
+        if self.workers is not None:  # workers finish their calls (passed on to this process) first
+            await asyncio.gather(self.server.stop(grace=grace), self.workers.stop(grace))
+        else:
+            await self.server.stop(grace=grace)
         with contextlib.suppress(Exception):
             await self.election.resign()
         await self.tasks.close()
@@ -467,6 +540,8 @@ class Pod:
 
     async def stop_partial(self) -> None:
         """Start-up failed half way: release what was started."""
+        if self.workers is not None:
+            await self.workers.stop(1.0)
         runtime = getattr(self, "runtime", None)
         if runtime is not None:
             await runtime.stop()

@@ -160,6 +160,15 @@ class MeshSettings:
         "Readiness (grpc.health.v1 service '') turns NOT_SERVING once etcd has been lost this long.",
     )
     log_level: str = _opt("INFO", "MM_LOG_LEVEL", "Logging level.")
+    # --- data-plane processes (issue 9)
+    dataplane_processes: int = _opt(
+        1,
+        "MM_DATAPLANE_PROCESSES",
+        "Processes serving the external port (SO_REUSEPORT): this pod process plus N-1 data-plane workers it "
+        "starts and supervises, which serve inference for models loaded here and pass everything else to it "
+        "(docs/architecture.md §4.1). 1 = one process. Needs a runtime reached by address (not "
+        "MM_RUNTIME_INPROCESS).",
+    )
 
     @property
     def serving(self) -> str:

@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 "$PY" -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. \
-  protos/mmesh/model_mesh.proto protos/mmesh/model_runtime.proto protos/inference/grpc_predict_v2.proto protos/meshadmin/admin.proto
-touch protos/__init__.py protos/mmesh/__init__.py protos/inference/__init__.py protos/meshadmin/__init__.py
+  protos/mmesh/model_mesh.proto protos/mmesh/model_runtime.proto protos/inference/grpc_predict_v2.proto protos/meshadmin/admin.proto protos/meshlocal/local.proto
+touch protos/__init__.py protos/mmesh/__init__.py protos/inference/__init__.py protos/meshadmin/__init__.py protos/meshlocal/__init__.py

@@ -247,6 +247,7 @@ class Loader:
                 self.tasks.spawn(f"mesh:evict-after:{model_id}", self.evict(more, reason="space"))
             # Waiting requests go now; recording LOADED in etcd follows (peers already route here by the claim).
             fut.set_result(None)
+            self.on_change()  # ACTIVE now (data-plane workers may serve it), before the registry write
             timings.ready = (clock.monotonic() - missed_at) * 1000
             log.info("loaded %s (%d bytes) on %s, %s", model_id, size, self.instance_id, timings.describe())
             try:
@@ -302,6 +303,7 @@ class Loader:
             self.metrics.evictions.inc()
             self.metrics.age_at_eviction_seconds.observe(max(0, now - v.last_used) / 1000)
             log.info("evicting %s from %s (%s)", v.model_id, self.instance_id, reason)
+        self.on_change()  # out of the cache already: nothing new should be sent to them
         await asyncio.gather(*(self._unload_entry(v) for v in victims))
         self.on_change()
 
@@ -310,6 +312,7 @@ class Loader:
         if entry is None:
             return False
         log.info("unloading %s from %s (%s)", model_id, self.instance_id, reason)
+        self.on_change()  # out of the cache already: nothing new should be sent to it
         await self._unload_entry(entry, update_registry=update_registry)
         self.on_change()
         return True

@@ -1,0 +1,182 @@
+"""One /metrics for a pod that runs several data-plane processes: the owner's metrics plus its workers'.
+
+A data-plane worker (``mesh.dataplane.worker``) counts what it serves in its own registry, with the same
+metric names and labels as the owner (``mesh.metrics.MeshMetrics``), and sends the cumulative totals of the
+families it uses (``WORKER_FAMILIES``) to the owner with its usage reports (``snapshot``). ``MergedMetrics``
+is what the owner's metrics endpoint serves: each of the owner's families with the workers' samples added
+to the samples of the same name and labels (and the workers' other label sets appended). Each request is
+counted once, by the process that received it: the owner does not count the requests a worker passed to it
+(``mesh.workers``).
+
+A worker that restarts starts from zero; the totals of its earlier processes are kept (``retired``), so the
+pod's counters never go backwards. Gauges are the owner's alone (workers send none).
+
+``modelmesh_dataplane_requests_total{process}`` is added: inference requests received per process (``owner``,
+``worker-<slot>``), read from each process's ``modelmesh_api_request_seconds`` count, so the spread of client
+connections over the processes can be seen.
+
+Thread-safety: the metrics HTTP server collects on its own thread while reports arrive on the event loop;
+each update publishes new dicts whole and a collection reads the published reference once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.samples import Sample
+
+from protos.meshlocal import local_pb2 as pb
+
+#: The families a worker uses (same names as the owner's ``MeshMetrics``).
+WORKER_FAMILIES = frozenset(
+    {"modelmesh_api_request_seconds", "modelmesh_invoke_model_seconds", "modelmesh_requests_routed"}
+)
+REQUESTS_FAMILY = "modelmesh_api_request_seconds"
+PER_PROCESS = "modelmesh_dataplane_requests"
+
+SampleKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    type: str
+    help: str
+    samples: dict[SampleKey, float] = field(default_factory=dict)  # insertion order = exposition order
+
+    def requests(self) -> float:
+        """The total of ``<name>_count`` samples (requests, for the request-time histogram)."""
+        count = self.name + "_count"
+        return sum(v for (name, _), v in self.samples.items() if name == count)
+
+
+def _key(name: str, labels: dict[str, str]) -> SampleKey:
+    return name, tuple(sorted(labels.items()))
+
+
+def snapshot(registry: CollectorRegistry, families: Iterable[str] = WORKER_FAMILIES) -> list[pb.MetricFamily]:
+    """The cumulative totals of ``families`` in ``registry`` (``_created`` timestamps left out: they do not
+    add up)."""
+    wanted = set(families)
+    out = []
+    for fam in registry.collect():
+        if fam.name not in wanted:
+            continue
+        samples = [
+            pb.Sample(
+                name=s.name,
+                labels=[pb.Label(name=k, value=v) for k, v in s.labels.items()],
+                value=s.value,
+            )
+            for s in fam.samples
+            if not s.name.endswith("_created")
+        ]
+        out.append(pb.MetricFamily(name=fam.name, type=fam.type, help=fam.documentation, samples=samples))
+    return out
+
+
+def decode(families: Iterable[pb.MetricFamily]) -> dict[str, Family]:
+    out: dict[str, Family] = {}
+    for f in families:
+        if f.name not in WORKER_FAMILIES:
+            continue  # only what a worker is expected to count
+        samples = {_key(s.name, {lb.name: lb.value for lb in s.labels}): s.value for s in f.samples}
+        out[f.name] = Family(f.name, f.type, f.help, samples)
+    return out
+
+
+def add(*parts: dict[str, Family]) -> dict[str, Family]:
+    """Families summed sample by sample (new dicts; the inputs are not changed)."""
+    out: dict[str, Family] = {}
+    for part in parts:
+        for name, fam in part.items():
+            into = out.get(name)
+            if into is None:
+                out[name] = Family(fam.name, fam.type, fam.help, dict(fam.samples))
+                continue
+            for key, value in fam.samples.items():
+                into.samples[key] = into.samples.get(key, 0.0) + value
+    return out
+
+
+class MergedMetrics(Collector):
+    """The owner's registry plus its workers' reported totals (see the module docstring)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        # slot -> (pid, families) of the running process; slot -> summed families of its earlier processes
+        self._current: dict[int, tuple[int, dict[str, Family]]] = {}
+        self._retired: dict[int, dict[str, Family]] = {}
+
+    def update(self, slot: int, pid: int, families: Iterable[pb.MetricFamily]) -> None:
+        """Worker ``slot`` (process ``pid``) reports its totals."""
+        decoded = decode(families)
+        current = dict(self._current)
+        retired = dict(self._retired)
+        before = current.get(slot)
+        if before is not None and before[0] != pid:  # a new process in this slot: keep the old one's totals
+            retired[slot] = add(retired.get(slot, {}), before[1])
+        current[slot] = (pid, decoded)
+        self._retired, self._current = retired, current
+
+    def worker_totals(self) -> dict[int, dict[str, Family]]:
+        current, retired = self._current, self._retired
+        return {
+            slot: add(retired.get(slot, {}), current[slot][1] if slot in current else {})
+            for slot in sorted(set(current) | set(retired))
+        }
+
+    def collect(self) -> Iterator[Metric]:
+        per_worker = self.worker_totals()
+        extra = add(*per_worker.values())
+        owner_requests = 0.0
+        for fam in self.registry.collect():
+            if fam.name == REQUESTS_FAMILY:
+                owner_requests = sum(s.value for s in fam.samples if s.name == REQUESTS_FAMILY + "_count")
+            more = extra.pop(fam.name, None)
+            yield fam if more is None else _merged(fam, more)
+        for fam in extra.values():
+            yield _metric(fam.name, fam.type, fam.help, fam.samples)
+        per_process = Metric(PER_PROCESS, "Inference requests received, by data-plane process", "counter")
+        per_process.add_sample(PER_PROCESS + "_total", {"process": "owner"}, owner_requests)
+        for slot, fams in per_worker.items():
+            total = fams[REQUESTS_FAMILY].requests() if REQUESTS_FAMILY in fams else 0.0
+            per_process.add_sample(PER_PROCESS + "_total", {"process": f"worker-{slot}"}, total)
+        yield per_process
+
+    def restricted_registry(self, names: Iterable[str]) -> _Restricted:
+        """For ``/metrics?name[]=...`` (prometheus_client asks the registry for this)."""
+        return _Restricted(self, frozenset(names))
+
+
+class _Restricted:
+    def __init__(self, source: MergedMetrics, names: frozenset[str]) -> None:
+        self._source = source
+        self._names = names
+
+    def collect(self) -> Iterator[Metric]:
+        for fam in self._source.collect():
+            samples = [s for s in fam.samples if s.name in self._names]
+            if samples:
+                restricted = Metric(fam.name, fam.documentation, fam.type)
+                restricted.samples = samples
+                yield restricted
+
+
+def _merged(fam: Metric, more: Family) -> Metric:
+    samples = dict(more.samples)
+    out = Metric(fam.name, fam.documentation, fam.type)
+    for s in fam.samples:
+        extra = samples.pop(_key(s.name, s.labels), 0.0)
+        out.samples.append(s._replace(value=s.value + extra) if extra else s)
+    out.samples.extend(Sample(name, dict(labels), value) for (name, labels), value in samples.items())
+    return out
+
+
+def _metric(name: str, typ: str, help_text: str, samples: dict[SampleKey, float]) -> Metric:
+    out = Metric(name, help_text, typ)
+    out.samples.extend(Sample(n, dict(labels), value) for (n, labels), value in samples.items())
+    return out
