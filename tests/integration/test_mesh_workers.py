@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -21,7 +22,7 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mesh.client import build_infer_request, decode_outputs
+from mesh.client import MeshClient, build_infer_request, decode_outputs
 from mesh.cluster.peer_secret import peer_secret
 from mesh.kv.client import KvClient
 from mesh.kv.keys import Keys
@@ -31,6 +32,7 @@ from protos.mmesh import model_mesh_pb2 as mm
 from protos.mmesh import model_runtime_pb2 as rt
 from protos.mmesh import model_runtime_pb2_grpc as rt_grpc
 from tests.support.mesh_cluster import make_cluster, wait_for
+from tests.support.pki import make_pki
 from tests.support.samples import samples  # noqa: F401  (fixture)
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -53,8 +55,13 @@ def pod(etcd_server, samples):  # noqa: F811
 class Conn:
     """One client connection of its own."""
 
-    def __init__(self, address: str) -> None:
-        self.channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+    def __init__(self, address: str, credentials: grpc.ChannelCredentials | None = None) -> None:
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        self.channel = (
+            grpc.secure_channel(address, credentials, options=options)
+            if credentials is not None
+            else grpc.insecure_channel(address, options=options)
+        )
 
     def close(self) -> None:
         self.channel.close()
@@ -118,13 +125,15 @@ def quiet(cluster) -> dict[str, float]:
         last = now
 
 
-def connections(cluster, per_process_wanted: int = 2, tries: int = 24) -> dict[str, list[Conn]]:
+def connections(
+    cluster, per_process_wanted: int = 2, tries: int = 24, credentials=None
+) -> dict[str, list[Conn]]:
     """Open connections until each process has ``per_process_wanted`` of them; which process a connection
     reached is read from the per-process counter after one probe request on it."""
     found: dict[str, list[Conn]] = {p: [] for p in PROCESSES}
     before = quiet(cluster)
     for _ in range(tries):
-        conn = Conn(cluster.addresses[0])
+        conn = Conn(cluster.addresses[0], credentials)
         with pytest.raises(grpc.RpcError) as err:
             conn.ready(f"probe-{uuid.uuid4().hex[:8]}")  # not registered: NOT_FOUND, counted where it landed
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
@@ -404,3 +413,44 @@ def test_the_worker_ends_with_the_pod(etcd_server, samples, sig):  # noqa: F811
             assert code == 0, cluster.log(0)
         worker.wait(timeout=20)  # gone: stopped by the pod, or by the parent-death signal
         assert not worker.is_running()
+
+
+def test_the_worker_serves_the_pods_tls_with_client_certificates_required(etcd_server, samples, tmp_path):  # noqa: F811
+    """The worker binds the port with the owner's TLS settings: with MM_TLS_CLIENT_AUTH=require a client with a
+    certificate from the CA is served by either process, one without is refused by both."""
+    pki = make_pki(tmp_path)
+    cert, key = pki["server"]
+    client_cert, client_key = pki["client"]
+    tls = ("--tls-cert", cert, "--tls-key", key, "--tls-ca", pki["ca"], "--tls-client-auth", "require")
+    sample = samples["by_id"]["sklearn-iris-lr"]
+    read = lambda path: Path(path).read_bytes()  # noqa: E731
+    with_cert = grpc.ssl_channel_credentials(read(pki["ca"]), read(client_key), read(client_cert))
+    without = grpc.ssl_channel_credentials(read(pki["ca"]))
+    with make_cluster(
+        etcd_server.endpoint,
+        samples,
+        dataplane_processes=2,
+        extra=tls,
+        tls_ca=pki["ca"],
+        tls_client=(client_cert, client_key),
+    ) as cluster:
+        MeshClient(cluster.addresses[0], tls_ca=pki["ca"], tls_cert=client_cert, tls_key=client_key).register(
+            "w-tls", sample["type"], sample["path"]
+        )
+        by_process = connections(cluster, per_process_wanted=1, credentials=with_cert)
+        for conn in (by_process["owner"][0], by_process["worker-1"][0]):
+            check(sample, conn.infer(sample, "w-tls"))
+        refused = 0
+        for _ in range(8):  # whichever process a connection reaches
+            conn = Conn(cluster.addresses[0], without)
+            with pytest.raises(grpc.RpcError) as err:
+                conn.infer(sample, "w-tls")
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            refused += 1
+            conn.close()
+        assert refused == 8
+        counts = quiet(cluster)
+        for cs in by_process.values():
+            for c in cs:
+                c.close()
+        assert counts["owner"] >= 2 and counts["worker-1"] >= 2
