@@ -107,23 +107,22 @@ class MergedMetrics(Collector):
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        # slot -> (pid, families) of the running process; slot -> summed families of its earlier processes
-        self._current: dict[int, tuple[int, dict[str, Family]]] = {}
-        self._retired: dict[int, dict[str, Family]] = {}
+        # (slot -> (pid, families) of its running process, slot -> summed families of its earlier processes),
+        # replaced whole by each update (one reference: a collection never sees half of an update)
+        self._state: tuple[dict[int, tuple[int, dict[str, Family]]], dict[int, dict[str, Family]]] = ({}, {})
 
     def update(self, slot: int, pid: int, families: Iterable[pb.MetricFamily]) -> None:
         """Worker ``slot`` (process ``pid``) reports its totals."""
         decoded = decode(families)
-        current = dict(self._current)
-        retired = dict(self._retired)
+        current, retired = (dict(d) for d in self._state)
         before = current.get(slot)
         if before is not None and before[0] != pid:  # a new process in this slot: keep the old one's totals
             retired[slot] = add(retired.get(slot, {}), before[1])
         current[slot] = (pid, decoded)
-        self._retired, self._current = retired, current
+        self._state = (current, retired)
 
     def worker_totals(self) -> dict[int, dict[str, Family]]:
-        current, retired = self._current, self._retired
+        current, retired = self._state
         return {
             slot: add(retired.get(slot, {}), current[slot][1] if slot in current else {})
             for slot in sorted(set(current) | set(retired))
