@@ -15,6 +15,7 @@ test asserts on them.
 
     python -m loadtests.dataplane_scaling [--processes 1 2] [--connections 8] [--concurrency 64]
                                           [--client-processes 1] [--seconds 10] [--warmup 2]
+                                          [--method infer|ready]
 """
 
 from __future__ import annotations
@@ -44,15 +45,24 @@ from loadtests.hotpath import make_request, pick_sklearn_model, runtime_pid, sta
 from mesh.client import MODEL_ID_HEADER, MeshClient
 from mesh.devtools.cluster import LocalCluster, pick_base_port
 from mesh.devtools.demo import DEFAULT_MODELS_DIR, ensure_samples, sample_entries
+from protos.inference import grpc_predict_v2_pb2 as v2
 
 CAPACITY = 256 * 1024 * 1024
+MODEL_READY = "/inference.GRPCInferenceService/ModelReady"
 
 
 # ----------------------------------------------------------------------------------------------- client side
 
 
 async def _drive(
-    target: str, payload: bytes, metadata, connections: int, concurrency: int, start: float, stop: float
+    target: str,
+    method: str,
+    payload: bytes,
+    metadata,
+    connections: int,
+    concurrency: int,
+    start: float,
+    stop: float,
 ) -> dict[str, Any]:
     """``connections`` channels, ``concurrency`` loops spread over them; count what completes in [start, stop)."""
     options = [
@@ -61,9 +71,7 @@ async def _drive(
         ("grpc.max_send_message_length", 64 << 20),
     ]
     channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(connections)]
-    calls = [
-        ch.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None) for ch in channels
-    ]
+    calls = [ch.unary_unary(method, request_serializer=None, response_deserializer=None) for ch in channels]
     for call in calls:
         await call(payload, metadata=metadata, timeout=30)  # connect each one before the clock starts
     latencies: list[float] = []
@@ -95,6 +103,7 @@ def _client_process(job: tuple) -> dict[str, Any]:
 
 def drive(
     target: str,
+    method: str,
     payload: bytes,
     metadata,
     *,
@@ -112,6 +121,7 @@ def drive(
     jobs = [
         (
             target,
+            method,
             payload,
             tuple(metadata),
             max(1, connections // clients + (i < connections % clients)),
@@ -203,6 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--payload-bytes", type=int, default=16, help="request tensor size (default: one iris row)"
     )
+    p.add_argument(
+        "--method",
+        choices=["infer", "ready"],
+        default="infer",
+        help="ModelInfer (the runtime predicts) or ModelReady (the same path through the pod, a cheap runtime call)",
+    )
     p.add_argument("--no-direct", action="store_true", help="skip the direct-to-runtime ceiling")
     p.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR))
     p.add_argument("--no-write", action="store_true", help="do not write the JSON result file")
@@ -210,7 +226,10 @@ def main(argv: list[str] | None = None) -> int:
 
     models_dir = Path(args.models_dir).resolve()
     model = pick_sklearn_model(sample_entries(ensure_samples(models_dir)))
-    payload = make_request(model, args.payload_bytes)
+    if args.method == "ready":
+        method, payload = MODEL_READY, v2.ModelReadyRequest(name=model["id"]).SerializeToString()
+    else:
+        method, payload = MODEL_INFER, make_request(model, args.payload_bytes)
     md = ((MODEL_ID_HEADER, model["id"]),)
     load = {
         "connections": args.connections,
@@ -225,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         proc, direct = standalone_runtime(models_dir, model, CAPACITY)
         try:
             print("  direct …", file=sys.stderr, flush=True)
-            r = drive(direct, payload, md, cpu_pids={"runtime": proc.pid}, **load)
+            r = drive(direct, method, payload, md, cpu_pids={"runtime": proc.pid}, **load)
             rows.append(row("direct", r, processes=0))
         finally:
             proc.terminate()
@@ -250,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                 pids["runtime"] = rt
             print(f"  N={n} …", file=sys.stderr, flush=True)
             before = per_process_requests(pod.metrics_port)
-            r = drive(pod.address, payload, md, cpu_pids=pids, **load)
+            r = drive(pod.address, method, payload, md, cpu_pids=pids, **load)
             time.sleep(0.5)  # the workers' last reports (every 100 ms)
             after = per_process_requests(pod.metrics_port)  # spread over the whole run, warm-up included
             spread = {k: int(after.get(k, 0) - before.get(k, 0)) for k in after}
@@ -279,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             "runtime_cpu_us_per_req"]  # fmt: skip
     print(
         f"### Data-plane processes: one pod, {args.connections} connections, concurrency {args.concurrency}, "
-        f"{args.client_processes} client process(es), {len(payload)}-byte requests\n"
+        f"{args.client_processes} client process(es), {method.rsplit('/', 1)[1]}, {len(payload)}-byte requests\n"
     )
     print(markdown_table(rows, cols))
     print()
@@ -291,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "dataplane_scaling",
         "command": command.strip(),
         "model": {"id": model["id"], "type": model["type"], "payload_bytes": len(payload)},
+        "method": method,
         "settings": {**load, "processes": args.processes},
         "machine": machine_info(),
         "load_average_before": load_before,
