@@ -293,8 +293,7 @@ class Worker:
             clock=clock,
         )
         self.handler = WorkerHandler(self.router, self.relay, self.metrics, clock)
-        self._local = grpc.aio.insecure_channel(args.owner)
-        self._stub = pb_grpc.PodLocalStub(self._local)
+        self._stub = pb_grpc.PodLocalStub(self.relay.channel)
         self._synced = asyncio.Event()
         self._reported_served = -1
         self.server: grpc.aio.Server | None = None
@@ -347,7 +346,8 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         args = self.args
-        follow = asyncio.get_running_loop().create_task(self.follow(), name="worker:follow")
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(self.follow(), name="worker:follow")]
         try:
             await self._synced.wait()
             self.server = grpc.aio.server(
@@ -373,7 +373,8 @@ class Worker:
                     break
                 except grpc.aio.AioRpcError:
                     await asyncio.sleep(0.2)
-            reporter = asyncio.get_running_loop().create_task(self.report(), name="worker:report")
+            reporter = loop.create_task(self.report(), name="worker:report")
+            tasks.append(reporter)
             await stop.wait()
             log.info("worker %d stopping", self.slot)
             await self.server.stop(args.shutdown_grace_s)
@@ -381,12 +382,14 @@ class Worker:
             await asyncio.gather(reporter, return_exceptions=True)
             await self.report_once()
         finally:
-            follow.cancel()
-            await asyncio.gather(follow, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.server is not None:
+                await self.server.stop(0)
             if self.router.link is not None:
                 await self.router.link.close()
             await self.relay.close()
-            await self._local.close()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
