@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
@@ -176,3 +177,22 @@ def test_merged_metrics_add_the_workers_counts_and_keep_a_restarted_workers_tota
     assert _sample(text, "modelmesh_dataplane_requests_total", 'process="worker-1"') == 8
     restricted = generate_latest(merged.restricted_registry([count])).decode()
     assert count in restricted and "modelmesh_requests_routed_total" not in restricted
+
+
+def test_a_pod_refuses_bad_process_counts_and_workers_without_a_runtime_address() -> None:
+    from mesh.pod import Pod
+    from mesh.settings import load_settings
+
+    for bad in ("0", "-1", "257"):
+        with pytest.raises(ValueError, match="MM_DATAPLANE_PROCESSES"):
+            Pod(load_settings(environ={"MM_DATAPLANE_PROCESSES": bad}))
+    with pytest.raises(ValueError, match="MM_RUNTIME_INPROCESS"):
+        Pod(
+            load_settings(
+                environ={
+                    "MM_DATAPLANE_PROCESSES": "2",
+                    "MM_RUNTIME_INPROCESS": "runtime_adapters.builtin.inprocess",
+                }
+            )
+        )
+    assert Pod(load_settings(environ={"MM_DATAPLANE_PROCESSES": "4"})).settings.dataplane_processes == 4
