@@ -1,8 +1,8 @@
 """One /metrics for a pod that runs several data-plane processes: the owner's metrics plus its workers'.
 
 A data-plane worker (``mesh.dataplane.worker``) counts what it serves in its own registry, with the same
-metric names and labels as the owner (``mesh.metrics.MeshMetrics``), and sends the cumulative totals of the
-families it uses (``WORKER_FAMILIES``) to the owner with its usage reports (``snapshot``). ``MergedMetrics``
+metric names and labels as the owner (``mesh.metrics.MeshMetrics``), and sends the cumulative totals of its
+counters and histograms that counted anything to the owner with its usage reports (``snapshot``). ``MergedMetrics``
 is what the owner's metrics endpoint serves: each of the owner's families with the workers' samples added
 to the samples of the same name and labels (and the workers' other label sets appended). Each request is
 counted once, by the process that received it: the owner does not count the requests a worker passed to it
@@ -12,8 +12,8 @@ A worker that restarts starts from zero; the totals of its earlier processes are
 pod's counters never go backwards. Gauges are the owner's alone (workers send none).
 
 ``modelmesh_dataplane_requests_total{process}`` is added: inference requests received per process (``owner``,
-``worker-<slot>``), read from each process's ``modelmesh_api_request_seconds`` count, so the spread of client
-connections over the processes can be seen.
+``worker-<slot>``), read from each process's request-time histogram count (``requests_family``), so the
+spread of client connections over the processes can be seen.
 
 Thread-safety: the metrics HTTP server collects on its own thread while reports arrive on the event loop;
 each update publishes new dicts whole and a collection reads the published reference once.
@@ -30,12 +30,11 @@ from prometheus_client.samples import Sample
 
 from protos.meshlocal import local_pb2 as pb
 
-#: The families a worker uses (same names as the owner's ``MeshMetrics``).
-WORKER_FAMILIES = frozenset(
-    {"modelmesh_api_request_seconds", "modelmesh_invoke_model_seconds", "modelmesh_requests_routed"}
-)
-REQUESTS_FAMILY = "modelmesh_api_request_seconds"
+#: Metric types whose samples add up across processes (gauges do not: a pod's gauges are the owner's).
+ADDITIVE = frozenset({"counter", "histogram", "summary"})
 PER_PROCESS = "modelmesh_dataplane_requests"
+MAX_FAMILIES = 256  # bounds on one report (a worker is trusted, but nothing that grows state is unbounded)
+MAX_SAMPLES = 20_000
 
 SampleKey = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -57,13 +56,14 @@ def _key(name: str, labels: dict[str, str]) -> SampleKey:
     return name, tuple(sorted(labels.items()))
 
 
-def snapshot(registry: CollectorRegistry, families: Iterable[str] = WORKER_FAMILIES) -> list[pb.MetricFamily]:
-    """The cumulative totals of ``families`` in ``registry`` (``_created`` timestamps left out: they do not
-    add up)."""
-    wanted = set(families)
+def snapshot(registry: CollectorRegistry) -> list[pb.MetricFamily]:
+    """The cumulative totals of the counters and histograms in ``registry`` that counted anything
+    (``_created`` timestamps left out: they do not add up)."""
     out = []
     for fam in registry.collect():
-        if fam.name not in wanted:
+        if fam.type not in ADDITIVE or not any(
+            s.value for s in fam.samples if not s.name.endswith("_created")
+        ):
             continue
         samples = [
             pb.Sample(
@@ -80,9 +80,11 @@ def snapshot(registry: CollectorRegistry, families: Iterable[str] = WORKER_FAMIL
 
 def decode(families: Iterable[pb.MetricFamily]) -> dict[str, Family]:
     out: dict[str, Family] = {}
+    budget = MAX_SAMPLES
     for f in families:
-        if f.name not in WORKER_FAMILIES:
-            continue  # only what a worker is expected to count
+        if f.type not in ADDITIVE or len(out) >= MAX_FAMILIES or len(f.samples) > budget:
+            continue  # only what adds up, and a bounded amount of it
+        budget -= len(f.samples)
         samples = {_key(s.name, {lb.name: lb.value for lb in s.labels}): s.value for s in f.samples}
         out[f.name] = Family(f.name, f.type, f.help, samples)
     return out
@@ -105,8 +107,10 @@ def add(*parts: dict[str, Family]) -> dict[str, Family]:
 class MergedMetrics(Collector):
     """The owner's registry plus its workers' reported totals (see the module docstring)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, requests_family: str) -> None:
+        """``requests_family``: the name of the inference request-time histogram (the per-process counts)."""
         self.registry = registry
+        self.requests_family = requests_family
         # (slot -> (pid, families) of its running process, slot -> summed families of its earlier processes),
         # replaced whole by each update (one reference: a collection never sees half of an update)
         self._state: tuple[dict[int, tuple[int, dict[str, Family]]], dict[int, dict[str, Family]]] = ({}, {})
@@ -132,9 +136,10 @@ class MergedMetrics(Collector):
         per_worker = self.worker_totals()
         extra = add(*per_worker.values())
         owner_requests = 0.0
+        requests = self.requests_family
         for fam in self.registry.collect():
-            if fam.name == REQUESTS_FAMILY:
-                owner_requests = sum(s.value for s in fam.samples if s.name == REQUESTS_FAMILY + "_count")
+            if fam.name == requests:
+                owner_requests = sum(s.value for s in fam.samples if s.name == requests + "_count")
             more = extra.pop(fam.name, None)
             yield fam if more is None else _merged(fam, more)
         for fam in extra.values():
@@ -142,7 +147,7 @@ class MergedMetrics(Collector):
         per_process = Metric(PER_PROCESS, "Inference requests received, by data-plane process", "counter")
         per_process.add_sample(PER_PROCESS + "_total", {"process": "owner"}, owner_requests)
         for slot, fams in per_worker.items():
-            total = fams[REQUESTS_FAMILY].requests() if REQUESTS_FAMILY in fams else 0.0
+            total = fams[requests].requests() if requests in fams else 0.0
             per_process.add_sample(PER_PROCESS + "_total", {"process": f"worker-{slot}"}, total)
         yield per_process
 

@@ -402,7 +402,9 @@ class Pod:
             feed=feed,
             cache=self.cache,
             stats=self.stats,
-            metrics=MergedMetrics(self.metrics.registry),
+            metrics=MergedMetrics(
+                self.metrics.registry, requests_family=self.metrics.api_request_seconds.describe()[0].name
+            ),
             worker_args=worker_args(s, self.bound_port),
             clock=self.clock,
             max_message_bytes=s.max_message_bytes,

@@ -90,7 +90,7 @@ def _workers(
         feed=feed,
         cache=cache,
         stats=stats,
-        metrics=MergedMetrics(CollectorRegistry()),
+        metrics=MergedMetrics(CollectorRegistry(), requests_family="requests"),
         worker_args=[],
     )
     if address:  # the same socket as an earlier owner (a restart)

@@ -153,12 +153,15 @@ def _sample(text: str, name: str, labels: str) -> float:
 def test_merged_metrics_add_the_workers_counts_and_keep_a_restarted_workers_totals() -> None:
     owner = MeshMetrics(CollectorRegistry())
     _worker_requests(owner, 3)
-    merged = MergedMetrics(owner.registry)
+    merged = MergedMetrics(owner.registry, requests_family="modelmesh_api_request_seconds")
     w1 = MeshMetrics(CollectorRegistry())
     _worker_requests(w1, 5)
     _worker_requests(w1, 2, code="NOT_FOUND")  # a label set the owner does not have
     w1.requests_routed.labels("worker-relay").inc(4)
-    merged.update(1, 100, snapshot(w1.registry))
+    w1.instance_used_bytes.set(123)  # a gauge: the pod's gauges are the owner's alone
+    sent = snapshot(w1.registry)
+    assert {f.name for f in sent} == {"modelmesh_api_request_seconds", "modelmesh_requests_routed"}
+    merged.update(1, 100, sent)
     merged.update(1, 100, snapshot(w1.registry))  # cumulative totals: a repeat changes nothing
     text = generate_latest(merged).decode()
     count = "modelmesh_api_request_seconds_count"
