@@ -10,7 +10,8 @@ ACTIVE in this pod's cache straight from the runtime and passes everything else 
 This module owns, in the owner process:
 
 * the **local server**: a second gRPC server on a unix socket in a fresh private directory (mode 0700),
-  never on a network port. It serves the pod's own services (management, admin, health, inference: the same
+  never on a network port (the directory's name carries the owner's pid, so that one left by an owner killed
+  with SIGKILL is removed by the next pod started on the host). It serves the pod's own services (management, admin, health, inference: the same
   servicers as the external port, added by the pod) for calls the workers pass on, plus ``meshlocal.PodLocal``;
 * the **feed** (``WorkerFeed``): the routing table every worker follows (``PodLocal/Follow``): models ACTIVE
   in the cache, vModel → active model, the runtime's inference address and method table, the instance id and
@@ -32,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -56,6 +58,7 @@ log = logging.getLogger(__name__)
 
 MAX_PROCESSES = 256
 SOCKET_NAME = "local.sock"
+SOCKET_DIR_PREFIX = "mesh-pod-socket-"  # + the owner's pid + "-" + random (tempfile)
 VMODELS_PER_MESSAGE = 10_000  # a snapshot of many vModels spans several messages (message size limit)
 FOLLOWER_BACKLOG = 10_000  # updates queued for a worker that does not read: past this its stream ends
 
@@ -240,7 +243,10 @@ class DataPlaneWorkers:
         self._max = max_message_bytes
         self._python = python
         self._startup_timeout_s = startup_timeout_s
-        self._dir = Path(tempfile.mkdtemp(prefix="mesh-local-"))  # mode 0700: this user's processes only
+        remove_stale_socket_dirs()
+        # mode 0700: this user's processes only; the pid in the name lets a later pod remove it if this one
+        # is killed before it can (SIGKILL)
+        self._dir = Path(tempfile.mkdtemp(prefix=f"{SOCKET_DIR_PREFIX}{os.getpid()}-"))
         self.socket = self._dir / SOCKET_NAME
         self.address = f"unix:{self.socket}"
         self.server: grpc.aio.Server | None = None
@@ -338,3 +344,36 @@ def worker_args(settings, port: int) -> list[str]:
         if s.tls_ca:
             args += ["--tls-ca", s.tls_ca]
     return args
+
+
+def remove_stale_socket_dirs(root: str | None = None) -> None:
+    """Remove the local-socket directories of owners that are gone (killed before they could remove them):
+    only directories of this naming, owned by this user, whose pid is no longer a running process."""
+    root = root or tempfile.gettempdir()
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(SOCKET_DIR_PREFIX):
+            continue
+        pid_text = name[len(SOCKET_DIR_PREFIX) :].split("-", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        path = os.path.join(root, name)
+        try:
+            if os.stat(path, follow_symlinks=False).st_uid != os.getuid() or _alive(int(pid_text)):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -199,3 +199,24 @@ def test_a_pod_refuses_bad_process_counts_and_workers_without_a_runtime_address(
             )
         )
     assert Pod(load_settings(environ={"MM_DATAPLANE_PROCESSES": "4"})).settings.dataplane_processes == 4
+
+
+def test_socket_dirs_of_dead_owners_are_removed_and_others_kept(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from mesh.workers import SOCKET_DIR_PREFIX, remove_stale_socket_dirs
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(gone.stdout)
+    dead = tmp_path / f"{SOCKET_DIR_PREFIX}{dead_pid}-abc"
+    live = tmp_path / f"{SOCKET_DIR_PREFIX}{os.getpid()}-def"
+    other = tmp_path / f"something-{dead_pid}-else"
+    for d in (dead, live, other):
+        d.mkdir()
+        (d / "local.sock").write_text("")
+    remove_stale_socket_dirs(str(tmp_path))
+    assert not dead.exists() and live.exists() and other.exists()
