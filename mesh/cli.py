@@ -168,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", default=".mesh", help="pod logs and runtime model dirs (default .mesh)")
     up.add_argument("--kv-root", default="/mm/local/", help="etcd key prefix of this cluster")
     up.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for SERVING")
+    up.add_argument(
+        "--dataplane-processes",
+        type=int,
+        default=1,
+        help="processes serving each pod's port (MM_DATAPLANE_PROCESSES, default 1)",
+    )
 
     sub.add_parser("serve", help="run one pod (flags: mesh serve --help)", add_help=False)
 
@@ -527,6 +533,7 @@ def run_up(args: argparse.Namespace) -> int:
         kv_root=args.kv_root,
         startup_timeout=args.startup_timeout,
         on_event=UpReporter(),
+        dataplane_processes=args.dataplane_processes,
     )
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     reported: set[int] = set()

@@ -283,9 +283,11 @@ class MeshMetrics:
         self._state.cluster = cluster
         self._state.now_ms = now_ms
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+    def serve(self, port: int, addr: str = "0.0.0.0", source: Collector | None = None) -> None:
+        """Serve ``source`` (default: this registry; a pod with data-plane workers serves its registry merged
+        with theirs, ``mesh.metrics_merge``) on ``port``."""
         if port:
-            start_http_server(port, addr=addr, registry=self.registry)
+            start_http_server(port, addr=addr, registry=source or self.registry)
 
 
 class _StateCollector(Collector):

@@ -31,6 +31,7 @@ import signal
 import sys
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from mesh import __version__
 from mesh.api.admin import MeshAdminServicer
@@ -49,7 +50,9 @@ from mesh.cluster.reservations import Reservations
 from mesh.cluster.scaling import CopyScaler
 from mesh.cluster.view import ViewHolder
 from mesh.cluster.vmodels import VModels
+from mesh.dataplane.headers import PEER_TOKEN
 from mesh.dataplane.http import HttpServer
+from mesh.dataplane.local_table import RuntimeRoute
 from mesh.dataplane.observe import RequestObserver
 from mesh.dataplane.peer_auth import PeerAuth
 from mesh.dataplane.rest import RestApi
@@ -71,10 +74,12 @@ from mesh.local.runtime import LocalRuntime
 from mesh.local.stats import RequestStats
 from mesh.logs import add_log_fields, configure_logging
 from mesh.metrics import ClusterTotals, InstanceStats, MeshMetrics
+from mesh.metrics_merge import MergedMetrics
 from mesh.peers import PeerClient
 from mesh.settings import MeshSettings, SettingError, add_arguments, load_settings
 from mesh.tasks import TaskSupervisor
 from mesh.tracing import TRACING, TracingUnavailable
+from mesh.workers import DataPlaneWorkers, WorkerFeed, worker_args
 from protos.meshadmin import admin_pb2_grpc
 
 log = logging.getLogger("mesh.pod")
@@ -96,6 +101,7 @@ class Pod:
         self.tasks = TaskSupervisor(on_restart=lambda name: self.metrics.task_restarts.labels(name).inc())
         self.stats = RequestStats(window_s=6 * settings.stats_tick_s, tick_s=settings.stats_tick_s)
         self.start_time = clock.now_ms()
+        self.workers: DataPlaneWorkers | None = None
         self.shutting_down = False
         self.rng = random.Random()
         self.http: HttpServer | None = None
@@ -134,6 +140,7 @@ class Pod:
         await self._start_leader_work()
         self._start_local_work()
         await self._start_server()
+        await self._start_workers()
         await self._start_ops()
         log.info(
             "pod %s serving on %s (REST %s, metrics %s, runtime %s, capacity %d bytes)",
@@ -310,8 +317,10 @@ class Pod:
 
     async def _start_server(self) -> None:
         s = self.settings
+        # several data-plane processes share the port (mesh.workers): the owner's socket must allow it too
+        sharing = [("grpc.so_reuseport", 1)] if s.dataplane_processes > 1 else []
         self.server = grpc.aio.server(
-            options=[*channel_options(s.max_message_bytes), *SERVER_OPTIONS],
+            options=[*channel_options(s.max_message_bytes), *SERVER_OPTIONS, *sharing],
             interceptors=[ErrorBoundary(log)],
         )
         self.api = ModelMeshServicer(
@@ -340,8 +349,7 @@ class Pod:
             clock=self.clock,
         )
         self.api.vmodels = self.vmodels
-        add_to_server(self.api, self.server)
-        admin = MeshAdminServicer(
+        self.admin = MeshAdminServicer(
             instance_id=self.instance_id,
             views=self.views,
             cache=self.cache,
@@ -350,7 +358,6 @@ class Pod:
             load_timeout_ms=lambda: int(self.loader.load_timeout_s * 1000),
             clock=self.clock,
         )
-        admin_pb2_grpc.add_MeshAdminServicer_to_server(admin, self.server)
         self.health = PodHealth(
             servicer=add_health(self.server),
             services=("mmesh.ModelMesh", "inference.GRPCInferenceService"),
@@ -362,18 +369,7 @@ class Pod:
         )
         await self.health.start()
         self.observer = RequestObserver(self.metrics, pod=self.instance_id, log_requests=s.log_requests)
-        self.server.add_generic_rpc_handlers(
-            (
-                InferenceHandler(
-                    self.router,
-                    self.observer,
-                    self.health.ready,
-                    __version__,
-                    known_methods=lambda: self.runtime.link.declared_methods if self.runtime.link else (),
-                    clock=self.clock,
-                ),
-            )
-        )
+        self._add_services(self.server, self.observer)
         port = add_port(
             self.server,
             f"{s.host}:{s.port}",
@@ -382,6 +378,7 @@ class Pod:
         )
         if not port:
             raise RuntimeError(f"could not bind {s.host}:{s.port}")
+        self.bound_port = port
         await self.server.start()
         self.vmodels.start(lambda: self.election.is_leader)
 
@@ -405,7 +402,11 @@ class Pod:
             instance=lambda: self._instance_stats, cluster=self._cluster_totals, now_ms=self.clock.now_ms
         )
         self._local_change()
-        self.metrics.serve(s.metrics_port, addr="127.0.0.1" if s.host.startswith("127.") else "0.0.0.0")
+        self.metrics.serve(
+            s.metrics_port,
+            addr="127.0.0.1" if s.host.startswith("127.") else "0.0.0.0",
+            source=self.workers.metrics if self.workers is not None else None,
+        )
         self.watchdog = LoopWatchdog(
             asyncio.get_running_loop(), stall_s=s.liveness_stall_s, metrics=self.metrics, clock=self.clock
         )
@@ -438,6 +439,70 @@ class Pod:
         totals = ClusterTotals(loaded=loaded, with_failure=failed, managed=managed)
         self._totals = (now, totals)
         return totals
+
+    def _add_services(self, server: grpc.aio.Server, observer: RequestObserver) -> None:
+        """The pod's services (management, admin, inference) on ``server``: the external one, or the local
+        socket the data-plane workers pass calls to (mesh.workers)."""
+        add_to_server(self.api, server)
+        admin_pb2_grpc.add_MeshAdminServicer_to_server(self.admin, server)
+        server.add_generic_rpc_handlers(
+            (
+                InferenceHandler(
+                    self.router,
+                    observer,
+                    self.health.ready,
+                    __version__,
+                    known_methods=lambda: self.runtime.link.declared_methods if self.runtime.link else (),
+                    clock=self.clock,
+                ),
+            )
+        )
+
+    async def _start_workers(self) -> None:
+        """``MM_DATAPLANE_PROCESSES`` > 1: start the workers that share the external port (mesh.workers)."""
+        s = self.settings
+        if s.dataplane_processes <= 1:
+            return
+        feed = WorkerFeed(
+            instance_id=self.instance_id,
+            peer_token=dict(self.peer_auth.metadata)[PEER_TOKEN],
+            cache=self.cache,
+            runtime_route=self._runtime_route,
+            vmodels={vid: rec.active for vid, rec in self.views.current.vmodels.items()},
+        )
+        self.vmodels_table.add_listener(
+            lambda vid, old, new: feed.vmodel_changed(vid, None if new is None else new.active)
+        )
+        self.runtime.on_back(lambda info: feed.poke())
+        self.workers = DataPlaneWorkers(
+            processes=s.dataplane_processes,
+            feed=feed,
+            cache=self.cache,
+            stats=self.stats,
+            metrics=MergedMetrics(
+                self.metrics.registry, requests_family=self.metrics.api_request_ms.describe()[0].name
+            ),
+            worker_args=worker_args(s, self.bound_port),
+            clock=self.clock,
+            max_message_bytes=s.max_message_bytes,
+        )
+
+        def local_services(server: grpc.aio.Server) -> None:
+            # requests a worker passes on were counted (and logged) by that worker: these metrics are never
+            # served, and no request line is written here
+            self._add_services(
+                server, RequestObserver(MeshMetrics(), pod=self.instance_id, log_requests=False)
+            )
+            health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
+
+        await self.workers.start(local_services)
+
+    def _runtime_route(self) -> RuntimeRoute | None:
+        """Where the workers send inference for ACTIVE models (None while the runtime is down)."""
+        link, info = self.runtime.link, self.runtime.info
+        if link is None or info is None or not self.loader.runtime_ready:
+            return None
+        return RuntimeRoute(link.address, dict(info.method_infos), info.allow_any_method)
 
     # ------------------------------------------------------------------ wiring callbacks
     def kv_healthy(self) -> bool:
@@ -478,6 +543,8 @@ class Pod:
         )
         if publish and hasattr(self, "publisher"):
             self.publisher.poke()
+        if self.workers is not None:
+            self.workers.feed.poke()
 
     def _on_record_change(self, model_id: str, old: ModelRecord | None, new: ModelRecord | None) -> None:
         if new is None and model_id in self.cache:
@@ -536,9 +603,13 @@ class Pod:
         with contextlib.suppress(Exception):
             await self.publisher.publish(force=True)
         await self.drain.run(deadline)
+        grace = min(5.0, max(0.5, deadline - self.clock.monotonic()))
         if self.http is not None:
-            await self.http.stop(grace_s=min(5.0, max(0.5, deadline - self.clock.monotonic())))
-        await self.server.stop(grace=min(5.0, max(0.5, deadline - self.clock.monotonic())))
+            await self.http.stop(grace_s=grace)
+        if self.workers is not None:  # workers finish their calls (passed on to this process) first
+            await asyncio.gather(self.server.stop(grace=grace), self.workers.stop(grace))
+        else:
+            await self.server.stop(grace=grace)
         if getattr(self, "watchdog", None) is not None:
             self.watchdog.stop()
         with contextlib.suppress(Exception):
@@ -554,6 +625,8 @@ class Pod:
 
     async def stop_partial(self) -> None:
         """Start-up failed half way: release what was started."""
+        if self.workers is not None:
+            await self.workers.stop(1.0)
         runtime = getattr(self, "runtime", None)
         if runtime is not None:
             await runtime.stop()

@@ -416,6 +416,17 @@ class MeshSettings:
         "MM_TRACING_ENDPOINT",
         "OTLP/gRPC collector endpoint for MM_TRACING=otlp (default: the exporter's).",
     )
+    # --- data-plane processes (issue 9)
+    dataplane_processes: int = _opt(
+        1,
+        "MM_DATAPLANE_PROCESSES",
+        "Processes serving the external port (SO_REUSEPORT): this pod process plus N-1 data-plane workers it "
+        "starts and supervises, which serve inference for models loaded here and pass everything else to it "
+        "(docs/architecture.md §4.1). 1 = one process. Needs a runtime reached by address (not "
+        "MM_RUNTIME_INPROCESS).",
+        minimum=1,
+        maximum=256,
+    )
 
     @property
     def serving(self) -> str:
@@ -645,6 +656,11 @@ def _check_together(s: MeshSettings) -> None:
         raise SettingError("MM_ETCD_TOKEN and MM_ETCD_TOKEN_PATH are both set: set only one")
     if s.etcd_username and (s.etcd_token or s.etcd_token_path):
         raise SettingError("MM_ETCD_USERNAME and an etcd token are both set: use a password or a token")
+    if s.dataplane_processes > 1 and s.runtime_inprocess:
+        raise SettingError(
+            "MM_DATAPLANE_PROCESSES > 1 needs a runtime reached by address: workers cannot reach a runtime "
+            "inside the pod process (MM_RUNTIME_INPROCESS)"
+        )
 
 
 def describe() -> Sequence[tuple[str, str, str, str]]:

@@ -10,11 +10,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 PROTOS=(
   protos/mmesh/model_mesh.proto protos/mmesh/model_runtime.proto protos/inference/grpc_predict_v2.proto
-  protos/meshadmin/admin.proto
+  protos/meshadmin/admin.proto protos/meshlocal/local.proto
   protos/etcd/mvccpb/kv.proto protos/etcd/authpb/auth.proto protos/etcd/etcdserverpb/rpc.proto
 )
 "$PY" -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. "${PROTOS[@]}"
-for d in protos protos/mmesh protos/inference protos/meshadmin protos/etcd protos/etcd/mvccpb protos/etcd/authpb \
-  protos/etcd/etcdserverpb; do
+for d in protos protos/mmesh protos/inference protos/meshadmin protos/meshlocal protos/etcd protos/etcd/mvccpb \
+  protos/etcd/authpb protos/etcd/etcdserverpb; do
   touch "$d/__init__.py"
 done

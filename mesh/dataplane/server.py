@@ -33,12 +33,15 @@ from protos.inference import grpc_predict_v2_pb2 as v2
 
 log = logging.getLogger(__name__)
 
-_LOCAL = {
+#: Services of the pod itself (generated servicers on the same server; a data-plane worker passes them on).
+POD_SERVICE_PREFIXES = ("/mmesh.ModelMesh/", "/meshadmin.", "/grpc.health.", "/grpc.reflection.")
+#: V2 methods the pod answers itself, and those it refuses.
+LOCAL_METHODS = {
     f"/{V2_SERVICE}/ServerLive",
     f"/{V2_SERVICE}/ServerReady",
     f"/{V2_SERVICE}/ServerMetadata",
 }
-_REFUSED_PREFIXES = (f"/{V2_SERVICE}/Repository", "/mmesh.ModelRuntime/", "/inference.model_repository.")
+REFUSED_PREFIXES = (f"/{V2_SERVICE}/Repository", "/mmesh.ModelRuntime/", "/inference.model_repository.")
 
 
 class InferenceHandler(grpc.GenericRpcHandler):
@@ -66,11 +69,11 @@ class InferenceHandler(grpc.GenericRpcHandler):
         handler = self._handlers.get(method)
         if handler is not None:
             return handler
-        if method.startswith(("/mmesh.ModelMesh/", "/meshadmin.", "/grpc.health.", "/grpc.reflection.")):
+        if method.startswith(POD_SERVICE_PREFIXES):
             return None
-        if method in _LOCAL:
+        if method in LOCAL_METHODS:
             fn = self._local_handler(method)
-        elif method.startswith(_REFUSED_PREFIXES):
+        elif method.startswith(REFUSED_PREFIXES):
             fn = self._refuse(method)
         else:
             fn = self._raw_handler(method)

@@ -147,7 +147,8 @@ class PodProcess:
 class LocalCluster:
     """etcd + ``pods`` mesh pods on 127.0.0.1, external ports ``base_port``, ``base_port + 1``, ….
 
-    ``models_dir`` is the root that local model paths (``--path``) are relative to. ``etcd`` is an existing
+    ``models_dir`` is the root that local model paths (``--path``) are relative to. ``dataplane_processes``:
+    processes serving each pod's port (``MM_DATAPLANE_PROCESSES``; the pod starts the extra ones). ``etcd`` is an existing
     ``host:port``; when None an EmbeddedEtcd is started. ``data_dir`` holds per-pod runtime model dirs and
     logs (a temp dir, removed on stop, when None). ``pod_args`` are extra ``mesh serve`` flags for every pod.
     """
@@ -173,6 +174,7 @@ class LocalCluster:
         tls_client: tuple[str, str] | None = None,
         per_pod_args: dict[int, Sequence[str]] | None = None,
         on_event: Callable[[str, Any], None] | None = None,
+        dataplane_processes: int = 1,
     ) -> None:
         if pods < 1:
             raise ValueError("pods must be >= 1")
@@ -189,6 +191,9 @@ class LocalCluster:
         self.kv_root = kv_root
         self.pod_args = list(pod_args)
         self.per_pod_args = {i: list(a) for i, a in (per_pod_args or {}).items()}  # extra flags of pod i
+        self.dataplane_processes = (
+            dataplane_processes  # processes serving each pod's port (MM_DATAPLANE_PROCESSES)
+        )
         self.python = python
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
@@ -379,6 +384,11 @@ class LocalCluster:
             *(
                 ["--serving-address", f"127.0.0.1:{self.serving_port(index)}"]
                 if self.serving_port(index)
+                else []
+            ),
+            *(
+                ["--dataplane-processes", str(self.dataplane_processes)]
+                if self.dataplane_processes > 1
                 else []
             ),
             *self.pod_args,

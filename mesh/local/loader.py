@@ -276,6 +276,7 @@ class Loader:
                 self.tasks.spawn(f"mesh:evict-after:{model_id}", self.evict(more, reason="space"))
             # Waiting requests go now; recording LOADED in etcd follows (peers already route here by the claim).
             fut.set_result(None)
+            self.on_change()  # ACTIVE now (data-plane workers may serve it), before the registry write
             timings.ready = (clock.monotonic() - missed_at) * 1000
             log.info("loaded %s (%d bytes) on %s, %s", model_id, size, self.instance_id, timings.describe())
             try:
@@ -330,6 +331,7 @@ class Loader:
         for v in victims:
             self.metrics.observe_model(self.metrics.age_at_eviction_ms, max(0, now - v.last_used), v.model_id)
             log.info("evicting %s from %s (%s)", v.model_id, self.instance_id, reason)
+        self.on_change()  # out of the cache already: nothing new should be sent to them
         await asyncio.gather(*(self._unload_entry(v) for v in victims))
         self.on_change()
 
@@ -338,6 +340,7 @@ class Loader:
         if entry is None:
             return False
         log.info("unloading %s from %s (%s)", model_id, self.instance_id, reason)
+        self.on_change()  # out of the cache already: nothing new should be sent to it
         await self._unload_entry(entry, update_registry=update_registry)
         self.on_change()
         return True

@@ -18,9 +18,10 @@ class RequestStats:
         # start of each model's unbroken run of ticks with at least one request ("in regular use")
         self.in_use_since: dict[str, int] = {}
 
-    def record(self, model_id: str) -> None:
-        self._counts[model_id] += 1
-        self._total += 1
+    def record(self, model_id: str, requests: int = 1) -> None:
+        """Count ``requests`` served for ``model_id`` (more than one: a data-plane worker's batched report)."""
+        self._counts[model_id] += requests
+        self._total += requests
 
     def roll(self, now_ms: int | None = None) -> None:
         """Close the current tick and recompute rates over the window (called every ``tick_s``).

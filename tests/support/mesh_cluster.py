@@ -37,10 +37,16 @@ class MeshTestCluster(LocalCluster):
         return MeshClient(self.pods[index].address)
 
     def metric(self, index: int, name: str, labels: str = "") -> float:
-        """Sum of samples of ``name`` (optionally filtered by a label substring) on pod ``index``."""
+        """Sum of samples of ``name`` (optionally filtered by a label substring) on pod ``index``. A name the pod
+        does not export at all is an error, not 0: a renamed metric must fail the test that reads it."""
         url = f"http://127.0.0.1:{self.pods[index].metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as resp:
             text = resp.read().decode()
+        family = (
+            name.removesuffix("_count").removesuffix("_sum").removesuffix("_bucket").removesuffix("_total")
+        )
+        if f"# TYPE {family} " not in text and f"# TYPE {family}_total " not in text:
+            raise AssertionError(f"pod {index} exports no metric family {family!r} (asked for {name!r})")
         total = 0.0
         for line in text.splitlines():
             if line.startswith(name) and (line[len(name)] in " {") and labels in line:
