@@ -7,11 +7,12 @@
 #                                         #            carry=["build/devscale"], timeout_s=540)
 #
 # prepare: cp312 wheels of what the mesh needs beyond that machine's packages (grpcio, grpcio-health-checking
-# and protobuf at the versions of the generated code, aetcd, cachetools) and the etcd binary of this venv.
+# and protobuf at the versions of the generated code, httptools) and the etcd binary of this venv.
 # run: installs them under /tmp/site, writes the one sample model the benchmark uses with that machine's
 # scikit-learn (the full sample set needs xgboost, lightgbm and skl2onnx, which it does not have), then runs
-# the benchmark for N = 1, 2, 4, 8 with 4 client processes, ModelReady then ModelInfer; tables and JSON
-# results go to $OUT.
+# the GPU memory check (loadtests.gpu_meter_check: does the adapters' meter see a server's device memory?),
+# then the benchmark for N = 1, 2, 4, 8 with 4 client processes, ModelReady then ModelInfer; tables and
+# JSON results go to $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KIT=build/devscale
@@ -20,7 +21,7 @@ prepare() {
   mkdir -p "$KIT/wheels" "$KIT/bin"
   .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d "$KIT/wheels" grpcio==1.85.1 grpcio-health-checking==1.85.1 protobuf==7.36.2 aetcd==1.0.0 cachetools==8.0.1
+    -d "$KIT/wheels" grpcio==1.85.1 grpcio-health-checking==1.85.1 protobuf==7.36.2 httptools==0.9.0
   cp "$(.venv/bin/python -c 'from mesh.devtools.etcd import find_etcd_binary; print(find_etcd_binary())')" "$KIT/bin/etcd"
   du -sh "$KIT"
 }
@@ -49,6 +50,7 @@ entry = _sklearn(out, "sklearn-iris-lr", "sklearn/iris-lr", LogisticRegression(m
 (out / "manifest.json").write_text(json.dumps({"version": 1, "spec": {}, "models": [entry]}))
 print("sample model written")
 EOF
+  timeout 120 python3 -m loadtests.gpu_meter_check --json "$OUT/gpu_meter.json" 2>&1 | tee "$OUT/gpu_meter.txt" || true
   # shellcheck disable=SC2206  # DEVSCALE_ARGS: other benchmark flags, word-split on purpose
   local common=(${DEVSCALE_ARGS:---processes 1 2 4 8 --client-processes 4 --connections 32 --concurrency 256 --seconds 8 --warmup 2})
   for method in ready infer; do
