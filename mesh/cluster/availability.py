@@ -44,7 +44,7 @@ from mesh.errors import (
     RuntimeUnavailable,
 )
 from mesh.kv.records import ModelRecord
-from mesh.local.cache import LocalCache
+from mesh.local.cache import CacheEntry, LocalCache
 from mesh.local.loader import Loader, LoadSpec
 from mesh.peers import PeerClient
 
@@ -207,9 +207,10 @@ class Availability:
             return Route(RouteKind.FORWARD, target, view.address(target) or "", h.INTERNAL_LOAD)
         raise last_error or NoPlacement(f"could not place model '{model_id}' after {MAX_ROUNDS} rounds")
 
-    async def forget_local(self, model_id: str, reason: str) -> None:
-        """The runtime no longer has a copy this pod thought it held: drop it (and its registry claim)."""
-        await self.loader.unload(model_id, reason=reason)
+    async def forget_local(self, entry: CacheEntry, reason: str) -> None:
+        """The runtime no longer has the copy ``entry`` stood for: drop it (and its registry claim), unless the
+        cache already holds a newer entry for the model (a reload another request started meanwhile)."""
+        await self.loader.unload(entry.model_id, reason=reason, only=entry)
 
     # ------------------------------------------------------------------ loads without a request
     async def ensure_loaded(

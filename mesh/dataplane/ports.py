@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from mesh.local.cache import CacheEntry
 
 
 class RouteKind(enum.Enum):
@@ -47,6 +50,7 @@ class ColdPath(Protocol):
         the pods this request failed on (the cold path adds this pod when its own load fails)."""
         ...
 
-    async def forget_local(self, model_id: str, reason: str) -> None:
-        """The runtime no longer has a copy this pod thought it held."""
+    async def forget_local(self, entry: CacheEntry, reason: str) -> None:
+        """The runtime no longer has the copy ``entry`` stood for (only that entry goes: a newer load of the
+        same model may already be under way)."""
         ...

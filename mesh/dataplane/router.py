@@ -172,7 +172,7 @@ class Router:
                 try:
                     return await self._invoke_local(entry, method, payload, info, deadline, note)
                 except ModelNotHere:
-                    await self.cold.forget_local(model_id, "runtime no longer has it")
+                    await self.cold.forget_local(entry, "runtime no longer has it")
                     continue
                 except RuntimeUnavailable as exc:
                     exclude.add(me)

@@ -234,7 +234,7 @@ class LocalCache:
         evictable = self._evictable()
         candidates = [e for e in evictable if e.last_used <= last_used]
         victims: list[CacheEntry] = []
-        for e in self.policy.order(candidates, now):  # type: ignore[union-attr]
+        for e in _fresh_last(self.policy.order(candidates, now), now):  # type: ignore[union-attr]
             if need <= 0:
                 break
             victims.append(e)
@@ -252,7 +252,7 @@ class LocalCache:
 
     def _policy_resize_victims(self, model_id: str, over: int, now: int) -> list[CacheEntry]:
         victims = []
-        for v in self.policy.order(self._evictable(exclude=model_id), now):  # type: ignore[union-attr]
+        for v in _fresh_last(self.policy.order(self._evictable(exclude=model_id), now), now):  # type: ignore[union-attr]
             if over <= 0:
                 break
             victims.append(v)
@@ -261,3 +261,16 @@ class LocalCache:
             self._remove(v)
         self.policy.evicted(victims, now)  # type: ignore[union-attr]
         return victims
+
+
+#: An entry loaded less than this long ago goes after every other candidate: the requests that waited for its
+#: load may not have reached the runtime yet, and a policy that judges it by its short history (the cost-aware
+#: one: one use over a few ms) would evict it under churn before they do, and they would load it again.
+FRESH_MS = 500
+
+
+def _fresh_last(ordered: list[CacheEntry], now: int) -> list[CacheEntry]:
+    fresh = [e for e in ordered if e.loaded_at and now - e.loaded_at < FRESH_MS]
+    if not fresh:
+        return ordered
+    return [e for e in ordered if not (e.loaded_at and now - e.loaded_at < FRESH_MS)] + fresh

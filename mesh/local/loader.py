@@ -35,6 +35,7 @@ from mesh.errors import (
     MeshError,
     ModelLoadFailed,
     ModelNotFound,
+    ModelNotHere,
     RuntimeUnavailable,
     ShuttingDown,
 )
@@ -192,19 +193,23 @@ class Loader:
         return entry
 
     async def _predict_size(self, model_id: str, spec: LoadSpec) -> int:
-        """The size to reserve (``mesh.cluster.sizes``): the override, else the runtime's prediction, else the
-        measured size of an earlier copy when it fits this cache (a noisy measurement larger than the whole
-        cache must not lock the model out), else the cluster's mean for the type, else the default."""
+        """The size to reserve (``mesh.cluster.sizes``): the override, else the measured size of an earlier copy
+        when it fits this cache (a noisy measurement larger than the whole cache must not lock the model out),
+        else the runtime's prediction, else the cluster's mean for the type, else the default."""
         if spec.size_override:
             return spec.size_override
+        measured = spec.known_size if spec.known_size <= self.cache.capacity else 0
+        if measured:
+            # A copy was loaded and measured before: that beats a prediction, and skipping the runtime call
+            # takes a round trip off the miss path of every reload (issue 9).
+            return measured
         try:
             predicted = await self.runtime.predict_size(model_id, spec.type, spec.path, spec.key)
         except MeshError:
             raise
         except Exception:  # a sizing hiccup must not fail the load
             predicted = None
-        measured = spec.known_size if spec.known_size <= self.cache.capacity else 0
-        return predicted or measured or spec.type_mean or self.default_size
+        return predicted or spec.type_mean or self.default_size
 
     async def _traced(self, load, model_id: str) -> None:
         """The load inside a ``mesh.load`` span (child of the request that started it: the task inherits its
@@ -265,9 +270,10 @@ class Loader:
                 size = size or entry.size
                 metrics.observe_model(metrics.model_sizing_ms, timings.size, model_id)
             if self.cache.get(model_id) is not entry:
-                # unregistered or purged while loading: give the memory back
+                # unregistered or purged while loading: give the memory back. Retryable for the waiting
+                # requests: if the model is still registered, their next attempt finds or starts its load.
                 await self._unload_runtime(model_id)
-                raise ModelNotFound(model_id)
+                raise ModelNotHere(model_id, f"{self.instance_id} (removed while loading)")
             more = self.cache.resize(model_id, size, clock.now_ms())
             entry.state = EntryState.ACTIVE
             entry.loaded_at = self.clock.now_ms()
@@ -276,8 +282,11 @@ class Loader:
                 self.tasks.spawn(f"mesh:evict-after:{model_id}", self.evict(more, reason="space"))
             # Waiting requests go now; recording LOADED in etcd follows (peers already route here by the claim).
             fut.set_result(None)
-            self.on_change()  # ACTIVE now (data-plane workers may serve it), before the registry write
             timings.ready = (clock.monotonic() - missed_at) * 1000
+            # Let the woken requests reach the runtime before this task spends the loop on the log line, the
+            # instance record and the registry write: those are not on the first response's path.
+            await asyncio.sleep(0)
+            self.on_change()  # ACTIVE now (data-plane workers may serve it), before the registry write
             log.info("loaded %s (%d bytes) on %s, %s", model_id, size, self.instance_id, timings.describe())
             try:
                 await self.hooks.loaded(model_id, last_used=entry.last_used, size=size)
@@ -335,7 +344,12 @@ class Loader:
         await asyncio.gather(*(self._unload_entry(v) for v in victims))
         self.on_change()
 
-    async def unload(self, model_id: str, *, reason: str, update_registry: bool = True) -> bool:
+    async def unload(
+        self, model_id: str, *, reason: str, update_registry: bool = True, only: CacheEntry | None = None
+    ) -> bool:
+        """Unload the local copy of ``model_id`` (with ``only``: if the cache still holds that very entry)."""
+        if only is not None and self.cache.get(model_id) is not only:
+            return False
         entry = self.cache.remove(model_id)
         if entry is None:
             return False

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from mesh.errors import CapacityExhausted, InvalidRequest
-from mesh.local.cache import EntryState, LocalCache
+from mesh.local.cache import FRESH_MS, EntryState, LocalCache
 from mesh.local.eviction import LRU, MIN_AGE_MS, CostAware, make_policy
 
 NOW = 1_700_000_000_000
@@ -262,3 +262,21 @@ def test_random_sequences_keep_accounting_and_the_guard(seed: int) -> None:
         elif ids:
             cache.remove(rng.choice(ids))
         assert cache.used == sum(e.size for e in cache.entries())
+
+
+def test_a_copy_loaded_moments_ago_goes_after_every_other_candidate() -> None:
+    """The cost order would pick the just-loaded cheap model (one use, a few ms of load); its waiting requests
+    may not have reached the runtime yet, so it goes last (FRESH_MS), and the older expensive one goes."""
+    cache = LocalCache(100 * MB, policy=CostAware())
+    _loaded(cache, "old-slow", size=50 * MB, load_ms=30_000, last_used=NOW - 10_000, hits=20)
+    _loaded(cache, "just-loaded", size=50 * MB, load_ms=5, last_used=NOW - 100, loaded_at=NOW - 100)
+    assert next(e.model_id for e in cache.policy.order(cache.entries(), NOW)) == "just-loaded"
+    _, victims = cache.reserve("new", 10 * MB, NOW, NOW)
+    assert [v.model_id for v in victims] == ["old-slow"]
+    # past FRESH_MS the policy's own order stands again
+    later = NOW + FRESH_MS
+    cache2 = LocalCache(100 * MB, policy=CostAware())
+    _loaded(cache2, "old-slow", size=50 * MB, load_ms=30_000, last_used=NOW - 10_000, hits=20)
+    _loaded(cache2, "just-loaded", size=50 * MB, load_ms=5, last_used=NOW - 100, loaded_at=NOW - 100)
+    _, victims = cache2.reserve("new", 10 * MB, later, later)
+    assert [v.model_id for v in victims] == ["just-loaded"]
