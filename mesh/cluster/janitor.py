@@ -11,7 +11,8 @@ session is still recovering starts leader work as soon as it is the leader in fa
 record disappears (its lease ended), every ModelRecord that
 lists it is corrected (seconds, not ModelMesh's 10–17 minutes), a model whose only loaded copies were on the
 dead pod is loaded elsewhere at once, models below their ``min_copies`` are topped up, and expired failure
-records are removed. The same sweep also runs periodically.
+records are removed. The same sweep also runs periodically. A model is not reloaded or topped up again within
+``RETRY_AFTER_S`` of the last attempt, so attempts that end at once cannot make the sweep spin.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 
 LAST_USED_PUSH_AGE_MS = 3600 * 1000
 MAX_PARALLEL_RELOADS = 4
+# A model whose reload or top-up was started this recently is left to a later sweep: attempts that end at once
+# (the target's runtime is restarting) must not turn the sweep-on-completion kick into a busy loop.
+RETRY_AFTER_S = 2.0
 MAX_TOUCHES_PER_RUN = 50
 
 
@@ -120,6 +124,7 @@ class Reaper:
         self.kick = asyncio.Event()
         self._reloads: set[asyncio.Task] = set()
         self._deferred = False  # work skipped at the parallel-reload bound: sweep again when a slot frees
+        self._tried: dict[str, float] = {}  # model id -> when its last reload/top-up started (monotonic)
 
     def on_instance_change(
         self, instance_id: str, old: InstanceRecord | None, new: InstanceRecord | None
@@ -143,6 +148,8 @@ class Reaper:
         alive = view.alive()
         now = self.clock.now_ms()
         changed = 0
+        since = self.clock.monotonic() - RETRY_AFTER_S
+        self._tried = {m: t for m, t in self._tried.items() if t > since}
         for model_id, rec in list(view.models.items()):
             dead = {i for i in rec.instances if i not in alive}
             if dead:
@@ -160,16 +167,24 @@ class Reaper:
                 changed += 1
         return changed
 
-    def _reload(self, model_id: str, last_used: int) -> None:
+    def _may_start(self, model_id: str) -> bool:
+        """Whether a reload/top-up of ``model_id`` may start now (and, if so, note that it did)."""
+        if model_id in self._tried:
+            return False  # tried less than RETRY_AFTER_S ago: a later sweep comes back to it
         if len(self._reloads) >= MAX_PARALLEL_RELOADS:
             self._deferred = True
+            return False
+        self._tried[model_id] = self.clock.monotonic()
+        return True
+
+    def _reload(self, model_id: str, last_used: int) -> None:
+        if not self._may_start(model_id):
             return
         log.info("reaper: %s lost its only copy with a dead pod; loading it elsewhere", model_id)
         self._track(self.availability.ensure_loaded(model_id, last_used=last_used), f"mesh:reload:{model_id}")
 
     def _top_up(self, model_id: str, missing: int, holders: set[str]) -> None:
-        if len(self._reloads) >= MAX_PARALLEL_RELOADS:
-            self._deferred = True
+        if not self._may_start(model_id):
             return
         size = self.availability.default_size
 
