@@ -72,7 +72,7 @@ def test_pods_sigkilled_and_restarted_under_zipf_load(etcd_server, samples):  # 
             else:
                 admin.register(m.id, m.type, m.path, max_copies=2)
         rounds = []
-        with ZipfLoad(cluster.addresses, models, workers=3, max_seconds=300) as load:
+        with ZipfLoad(cluster.addresses, models, workers=3, max_seconds=200) as load:
             load.wait_for_requests(300)
             settled = wait_converged(cluster, etcd_server.endpoint, live, timeout=90)
             for kind, victim in ROUNDS:
