@@ -12,7 +12,8 @@ record disappears (its lease ended), every ModelRecord that
 lists it is corrected (seconds, not ModelMesh's 10–17 minutes), a model whose only loaded copies were on the
 dead pod is loaded elsewhere at once, models below their ``min_copies`` are topped up, and expired failure
 records are removed. The same sweep also runs periodically. A model is not reloaded or topped up again within
-``RETRY_AFTER_S`` of the last attempt, so attempts that end at once cannot make the sweep spin.
+``RETRY_AFTER_S`` of the last attempt, so attempts that end at once cannot make the sweep spin; a failed
+attempt brings the next sweep forward to ``RETRY_AFTER_S`` later.
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ class Reaper:
         self._reloads: set[asyncio.Task] = set()
         self._deferred = False  # work skipped at the parallel-reload bound: sweep again when a slot frees
         self._tried: dict[str, float] = {}  # model id -> when its last reload/top-up started (monotonic)
+        self._retry: asyncio.Task | None = None  # a sweep due RETRY_AFTER_S after a failed attempt
 
     def on_instance_change(
         self, instance_id: str, old: InstanceRecord | None, new: InstanceRecord | None
@@ -209,6 +211,17 @@ class Reaper:
         if self._deferred:
             self._deferred = False
             self.kick.set()
+        elif not task.cancelled() and task.exception() is not None and self._retry is None:
+            # failed (e.g. the target's runtime was restarting): sweep again once it may be tried again,
+            # rather than at the next periodic sweep (max(5 s, lease TTL))
+            self._retry = self.tasks.spawn("mesh:reaper-retry", self._kick_after(RETRY_AFTER_S))
+
+    async def _kick_after(self, delay_s: float) -> None:
+        try:
+            await asyncio.sleep(delay_s)
+            self.kick.set()
+        finally:
+            self._retry = None
 
     async def sweep_if_leader(self) -> None:
         if self.is_leader():

@@ -367,14 +367,20 @@ def check_converged(cluster, etcd: str, live: set[str], *, extra_max: int = 0) -
     return None
 
 
-def wait_converged(cluster, etcd: str, live: set[str], *, timeout: float, extra_max: int = 0) -> float:
-    """Poll ``check_converged`` until it holds (bounded); returns when it did (time.monotonic())."""
-    deadline = time.monotonic() + timeout
+def wait_converged(
+    cluster, etcd: str, live: set[str], *, timeout: float, extra_max: int = 0, trace: list | None = None
+) -> float:
+    """Poll ``check_converged`` until it holds (bounded); returns when it did (time.monotonic()). ``trace``
+    collects what was still wrong, each new reason once with its time (for the figures)."""
+    started = time.monotonic()
+    deadline = started + timeout
     last = None
     while time.monotonic() < deadline:
         last = check_converged(cluster, etcd, live, extra_max=extra_max)
         if last is None:
             return time.monotonic()
+        if trace is not None and len(trace) < 20 and (not trace or trace[-1][1] != last):
+            trace.append((round(time.monotonic() - started, 2), last))
         time.sleep(0.25)
     raise AssertionError(f"cluster did not converge within {timeout:.0f}s: {last}")
 

@@ -97,7 +97,8 @@ def test_pods_sigkilled_and_restarted_under_zipf_load(etcd_server, samples):  # 
                 cluster.restart(victim)
                 t_back = time.monotonic()
                 load.mark_up(victim)
-                t_conv = wait_converged(cluster, etcd_server.endpoint, live, timeout=90)
+                waited_on: list = []
+                t_conv = wait_converged(cluster, etcd_server.endpoint, live, timeout=90, trace=waited_on)
                 load.wait_for_requests(200)  # served after convergence
                 window = load.between(t_kill)
                 fails = load.failures(window)
@@ -116,6 +117,7 @@ def test_pods_sigkilled_and_restarted_under_zipf_load(etcd_server, samples):  # 
                         "converged_after_restart_s": seconds_since(t_back, t_conv),
                         "last_failure_s": seconds_since(t_kill, max((o.done for o in fails), default=None)),
                         "failures_after_convergence": len(load.failures(load.between(t_conv))),
+                        "convergence_waited_on": waited_on,
                     }
                 )
                 fig.data["rounds"] = rounds

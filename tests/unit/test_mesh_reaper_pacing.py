@@ -4,7 +4,8 @@ While a pod's runtime restarts, adding a copy there fails at once (or, asked of 
 without a copy). With more models below ``minCopies`` than ``MAX_PARALLEL_RELOADS``, every finished top-up
 kicked a new sweep that started the same top-ups again: the leader ran ~8,000 top-ups a second for the
 seconds of a runtime restart (one WARNING line each) and its requests waited out their deadlines. A model
-whose top-up or reload was just tried now waits for a later sweep (``Reaper.RETRY_AFTER_S``).
+whose top-up or reload was just tried now waits for a later sweep (``RETRY_AFTER_S``), and a failed one
+brings that sweep forward to ``RETRY_AFTER_S`` later instead of the periodic sweep (max(5 s, lease TTL)).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import collections
 
+from mesh.clock import SYSTEM_CLOCK
+from mesh.cluster import janitor
 from mesh.cluster.janitor import MAX_PARALLEL_RELOADS, Reaper
 from mesh.errors import RuntimeUnavailable
 from mesh.kv.records import ModelRecord
@@ -55,7 +58,7 @@ class InstantAvailability:
         return "b"  # "added", but the view never shows the copy
 
 
-async def _run_reaper(availability: InstantAvailability, models: int) -> None:
+async def _run_reaper(availability, models: int, *, clock=None, until=None) -> None:
     records = {
         f"m{i}": ModelRecord(type="sklearn", path="p", instances={"a": 1}, loaded={"a": 2}, min_copies=2)
         for i in range(models)
@@ -69,12 +72,15 @@ async def _run_reaper(availability: InstantAvailability, models: int) -> None:
         availability=availability,
         tasks=tasks,
         is_leader=lambda: True,
-        clock=FrozenClock(),
+        clock=clock or FrozenClock(),
     )
     tasks.every("mesh:reaper", reaper.interval_s, reaper.sweep_if_leader, kick=reaper.kick)
     reaper.kick.set()
-    for _ in range(3000):  # a bounded number of event-loop turns, no wall clock
-        await asyncio.sleep(0)
+    if until is None:
+        for _ in range(3000):  # a bounded number of event-loop turns, no wall clock
+            await asyncio.sleep(0)
+    else:
+        await asyncio.wait_for(until.wait(), 10)
     await tasks.close()
 
 
@@ -88,3 +94,29 @@ async def test_top_ups_that_change_nothing_are_not_restarted_in_a_loop() -> None
     availability = InstantAvailability(fail=False)
     await _run_reaper(availability, models=MAX_PARALLEL_RELOADS + 2)
     assert dict(availability.calls) == {f"m{i}": 1 for i in range(MAX_PARALLEL_RELOADS + 2)}
+
+
+class FailsOnce(InstantAvailability):
+    """The first top-up of each model fails (its target was restarting); the next one works."""
+
+    def __init__(self, models: int) -> None:
+        super().__init__(fail=True)
+        self.models = models
+        self.all_retried = asyncio.Event()
+
+    async def add_copy(self, model_id: str, **_) -> str | None:
+        self.calls[model_id] += 1
+        if len([m for m, n in self.calls.items() if n >= 2]) == self.models:
+            self.all_retried.set()
+        if self.calls[model_id] == 1:
+            raise RuntimeUnavailable("the model runtime of this pod is restarting")
+        return "b"
+
+
+async def test_a_failed_top_up_is_retried_soon_without_the_periodic_sweep(monkeypatch) -> None:
+    monkeypatch.setattr(janitor, "RETRY_AFTER_S", 0.05)  # the periodic sweep is an hour away
+    availability = FailsOnce(models=MAX_PARALLEL_RELOADS + 2)
+    await _run_reaper(
+        availability, MAX_PARALLEL_RELOADS + 2, clock=SYSTEM_CLOCK, until=availability.all_retried
+    )
+    assert all(n >= 2 for n in availability.calls.values()), availability.calls
