@@ -5,6 +5,7 @@ the gRPC listener, so the two ports can never disagree on who may connect."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,15 @@ class TlsFiles:
     @property
     def enabled(self) -> bool:
         return bool(self.ca or self.cert)
+
+
+def closed_under_the_call() -> bool:
+    """For an ``asyncio.CancelledError`` caught around a grpc.aio call: True when the call's channel was closed
+    under it (grpc.aio cancels every call in flight on ``close()``), False when the current task itself is being
+    cancelled. The first is a failed call: letting CancelledError out of a server handler makes gRPC send the
+    client nothing, and the client waits for its whole deadline."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
