@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # MLServer (and its protobuf<7 pin) lives in its own venv; the MLServer adapter tests use it.
 MLSERVER_STAMP := .venv-mlserver/.installed
 
-.PHONY: demo test test-slow lint fmt protos clean
+.PHONY: demo test test-slow coverage lint fmt protos clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,12 @@ test: $(STAMP) $(MLSERVER_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+# Line coverage of mesh/, puller/ and runtime_adapters/, the pod and runtime subprocesses included
+# ([tool.coverage.*] in pyproject.toml); report on the terminal and in var/coverage/html.
+coverage: $(STAMP) $(MLSERVER_STAMP)
+	rm -rf var/coverage && mkdir -p var/coverage
+	$(BIN)/python -m pytest -q --cov --cov-config=pyproject.toml --cov-report=term --cov-report=html:var/coverage/html
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
