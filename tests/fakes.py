@@ -12,7 +12,8 @@
   Per model or per model type (``behave``) the test sets the load delay, the size reported by the load, the
   size predicted before it, a load failure (message), a load that hangs until ``release``d, and an error
   status for inference. The runtime records what it was asked: ``loads`` (loadModel calls per model),
-  ``peak_concurrent_loads``, ``unloads`` (in order), ``served`` (inference per model), ``purges``.
+  ``peak_concurrent_loads``, ``unloads`` (in order), ``served`` (inference per model), ``infer_metadata``
+  (the headers of the last 100 inference calls), ``purges``.
   ``crash()`` stops serving at once (loaded models are lost, as with a dead process) and ``restart()``
   serves again on the same port.
 """
@@ -106,7 +107,7 @@ class FakeRuntime:
         self.peak_concurrent_loads = 0
         self.unloads: list[str] = []
         self.served: collections.Counter[str] = collections.Counter()
-        self.infer_metadata: list[dict[str, str | bytes]] = []
+        self.infer_metadata: collections.deque[dict[str, str | bytes]] = collections.deque(maxlen=100)
         self.purges = 0
 
     # ------------------------------------------------------------------ configuration

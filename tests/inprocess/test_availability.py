@@ -34,7 +34,6 @@ SETTINGS = {
     "max_hops": 4,
 }
 LABELS = [{"labels": ["a"]}, {}, {"labels": ["c"]}]
-ANY_TARGET = object()
 
 
 async def three_pods(cluster, clock: FakeClock) -> InProcessCluster:
@@ -74,20 +73,14 @@ def failed_on(*indexes: int, model_type: str = "fake"):
     return arrange
 
 
-def claimed_by_pod_1_loading(mesh: InProcessCluster) -> Awaitable[None]:
+async def claimed_by_pod_1_loading(mesh: InProcessCluster) -> None:
     """pod-1 has claimed M and is loading it (its runtime holds the load until released)."""
-
-    async def arrange() -> None:
-        await registered()(mesh)
-        mesh[1].runtime.behave(M, hang=True)
-        pod1 = mesh[1].pod
-        pod1.tasks.spawn("mesh:test-load", pod1.availability.ensure_loaded(M, last_used=1, local_only=True))
-        await wait_until(lambda: mesh[1].runtime.loads[M] == 1, what="pod-1 loading")
-        await wait_until(
-            lambda: "pod-1" in mesh[0].pod.views.current.model(M).instances, what="claim in view"
-        )
-
-    return arrange()
+    await registered()(mesh)
+    mesh[1].runtime.behave(M, hang=True)
+    pod1 = mesh[1].pod
+    pod1.tasks.spawn("mesh:test-load", pod1.availability.ensure_loaded(M, last_used=1, local_only=True))
+    await wait_until(lambda: mesh[1].runtime.loads[M] == 1, what="pod-1 loading")
+    await wait_until(lambda: "pod-1" in mesh[0].pod.views.current.model(M).instances, what="claim in view")
 
 
 def then_expire(arrange):

@@ -137,7 +137,7 @@ CASES = {
     "an additional copy (not exclusive) loads even though another pod holds one": Case(
         lose_claim_to=["pod-b"], exclusive=False, cache={X}, calls=[("claim", X), ("loaded", X, SIZE)]
     ),
-    "load failure: recorded with the runtime's message, and the runtime told to unload": Case(
+    "load failure: recorded with the message of the runtime, which is told to unload": Case(
         behave={"fail": "corrupt artifact: bad magic"},
         error=ModelLoadFailed,
         error_text="corrupt artifact: bad magic",
@@ -262,7 +262,7 @@ async def test_a_failed_load_is_counted_and_the_next_request_tries_again(rig: Ri
     rig.runtime.behave(X, fail="no such file")
     with pytest.raises(ModelLoadFailed):
         await rig.load(X, 1_000)
-    assert rig.metrics.loadmodel_failure._value.get() == 1
+    assert rig.metrics.registry.get_sample_value("modelmesh_loadmodel_failure_total") == 1
     rig.runtime.behave(X, fail=None)
     entry = await rig.load(X, 2_000)
     assert entry.active and rig.runtime.loads[X] == 2

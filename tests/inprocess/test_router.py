@@ -127,28 +127,28 @@ CASES = {
     "peer unreachable: retried on another copy": Case(
         then(loaded_on(1), partition_pod_1), infer(model_id=M), {"pod-0", "pod-2"}, {1: 1}, total_loads=2
     ),
-    "peer's runtime down (not yet noticed): retried elsewhere": Case(
+    "runtime of the peer down, not yet noticed: retried elsewhere": Case(
         then(loaded_on(1), runtime_of_pod_1_dies_unnoticed),
         infer(model_id=M),
         {"pod-0", "pod-2"},
         {1: 1},
         total_loads=2,
     ),
-    "peer's runtime down (supervisor noticed): retried elsewhere": Case(
+    "runtime of the peer down, as its supervisor reports it: retried elsewhere": Case(
         then(loaded_on(1), runtime_of_pod_1_dies),
         infer(model_id=M),
         {"pod-0", "pod-2"},
         {1: 1},
         total_loads=2,
     ),
-    "model gone from the peer's runtime: retried elsewhere": Case(
+    "model gone from the runtime of the peer: retried elsewhere": Case(
         then(loaded_on(1), runtime_of_pod_1_lost_the_model),
         infer(model_id=M),
         {"pod-0", "pod-2"},
         {1: 1},
         total_loads=2,
     ),
-    "runtime's INVALID_ARGUMENT goes back unchanged, no retry": Case(
+    "INVALID_ARGUMENT from the runtime goes back unchanged, no retry": Case(
         then(loaded_on(1), runtime_of_pod_1_rejects_the_tensor),
         infer(model_id=M),
         Failed("INVALID_ARGUMENT", "bad tensor shape"),
@@ -260,4 +260,4 @@ async def test_the_paused_view_is_still_consistent_after_the_strong_read(cluster
     assert served.model == M
     assert mesh[0].pod.views.current.model(M) is not None
     await mesh[0].pod.registry_table.start(mesh[0].pod.tasks)
-    await wait_loaded_everywhere(mesh, M, f"pod-{served.runtime[-1]}")
+    await wait_loaded_everywhere(mesh, M, served.runtime)

@@ -47,6 +47,9 @@ async def test_create_and_resolve_by_header_and_model_name(cluster) -> None:
     for client in (c0, c1):
         assert (await client.infer(vmodel="vm")).model == "m"
         assert (await client.infer(by_name="vm")).model == "m"
+    # the runtime is told the concrete id, in the header and in model_name (its idInjectionPath), never "vm"
+    holder = next(p for p in mesh.pods if p.runtime.served["m"])
+    assert all(md.get("mm-model-id") == "m" for md in holder.runtime.infer_metadata)
     assert (await c1.vmodel_status("vm"))["status"] == "DEFINED"
     assert (await c1.infer("m")).model == "m"  # the concrete id still works as itself
     assert sum(p.runtime.total_loads for p in mesh.pods) == 1
@@ -228,3 +231,43 @@ async def _status_is(client: PodClient, model_id: str, status: str) -> bool:
 async def _failed(client: PodClient):
     st = await client.vmodel_status("vm")
     return st if st["target_model_status"]["status"] == "LOADING_FAILED" else None
+
+
+async def test_a_transition_waits_for_a_slow_target_while_the_old_model_serves(cluster) -> None:
+    mesh = await two_pods(cluster)
+    c0, c1 = mesh[0].client, mesh[1].client
+    await set_vmodel(c0, "vm", "old", load_now=True, sync=True)
+    for p in mesh.pods:
+        p.runtime.behave("new", hang=True)
+    st = await set_vmodel(c0, "vm", "new")
+    assert (st["status"], st["active_model_id"], st["target_model_id"]) == ("TRANSITIONING", "old", "new")
+    await wait_until(lambda: sum(p.runtime.loads["new"] for p in mesh.pods) == 1, what="the target loading")
+    assert (await c1.infer(vmodel="vm")).model == "old"  # requests keep going to the active model
+    for p in mesh.pods:
+        p.runtime.release("new")
+    await wait_until(lambda: _active_is(c1, "new"), what="the transition to complete")
+    assert (await c1.infer(vmodel="vm")).model == "new"
+
+
+async def test_a_newer_target_replaces_a_pending_one(cluster) -> None:
+    mesh = await two_pods(cluster)
+    c0 = mesh[0].client
+    await set_vmodel(c0, "vm", "a", load_now=True, sync=True)
+    for p in mesh.pods:
+        p.runtime.behave("b", hang=True)
+    await set_vmodel(c0, "vm", "b")
+    await wait_until(lambda: sum(p.runtime.loads["b"] for p in mesh.pods) == 1, what="b loading")
+    st = await set_vmodel(mesh[1].client, "vm", "c", sync=True)
+    assert (st["status"], st["active_model_id"], st["target_model_id"]) == ("DEFINED", "c", "c")
+    for p in mesh.pods:
+        p.runtime.release("b")
+    await wait_until(lambda: _status_is(c0, "b", "LOADED"), what="the abandoned target's load to finish")
+    st = await c0.vmodel_status("vm")
+    assert (st["status"], st["active_model_id"], st["target_model_id"]) == ("DEFINED", "c", "c")
+    assert (await c0.infer(vmodel="vm")).model == "c"
+    await c0.unregister("b")  # no longer referenced
+
+
+async def _active_is(client: PodClient, model_id: str) -> bool:
+    st = await client.vmodel_status("vm")
+    return st["status"] == "DEFINED" and st["active_model_id"] == model_id

@@ -12,8 +12,9 @@ import pytest
 
 from mesh.cli import main
 from mesh.devtools.cluster import LocalCluster, pick_base_port
-from mesh.devtools.demo import check_outputs, ensure_samples, sample_entries
+from mesh.devtools.demo import check_outputs, sample_entries
 from tests.support.conditions import wait_for
+from tests.support.samples import SAMPLES_DIR, ensure_samples
 
 pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("mesh.pod") is None, reason="mesh.pod not written yet"),
@@ -22,12 +23,9 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def samples(tmp_path_factory):
-    if importlib.util.find_spec("runtime_adapters.builtin.samples") is None:
-        pytest.skip("runtime_adapters.builtin.samples not written yet")
-    out = tmp_path_factory.mktemp("models")
-    models = sample_entries(ensure_samples(out))
-    return out, models
+def samples():
+    """The session's sample models (var/test-models, generated once per machine), default group."""
+    return SAMPLES_DIR, sample_entries(ensure_samples())
 
 
 @pytest.fixture(scope="module")

@@ -398,7 +398,7 @@ class InProcessCluster:
                 await p.pod.publisher.publish(force=True)
             except Exception:  # etcd may be down in an outage test: stop regardless
                 pass
-        await asyncio.gather(*(p.pod.stop() for p in live), return_exceptions=True)
+        results = await asyncio.gather(*(p.pod.stop() for p in live), return_exceptions=True)
         for p in self.pods:
             p.alive = False
             await p.runtime.stop()
@@ -409,6 +409,9 @@ class InProcessCluster:
             if t.get_name().startswith("mesh:") and not t.done() and t is not asyncio.current_task()
         ]
         assert not leaked, f"pods left mesh tasks running: {leaked}"
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]
 
 
 __all__ = [
