@@ -71,6 +71,7 @@ MANUAL_CHECKS: dict[str, Any] = {
 
 FAKE_TYPE = "fake"
 PORT_ATTEMPTS = 3
+STOP_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -395,10 +396,11 @@ class InProcessCluster:
             p.pod.loader.accepting = False
         for p in live:
             try:
-                await p.pod.publisher.publish(force=True)
+                async with asyncio.timeout(STOP_TIMEOUT_S):
+                    await p.pod.publisher.publish(force=True)
             except Exception:  # etcd may be down in an outage test: stop regardless
                 pass
-        results = await asyncio.gather(*(p.pod.stop() for p in live), return_exceptions=True)
+        results = await asyncio.gather(*(self._stop_pod(p) for p in live), return_exceptions=True)
         for p in self.pods:
             p.alive = False
             await p.runtime.stop()
@@ -412,6 +414,16 @@ class InProcessCluster:
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
             raise failed[0]
+
+    async def _stop_pod(self, p: PodUnderTest) -> None:
+        """``Pod.stop``, bounded: a pod that does not stop in time is killed and the test fails (pytest's
+        hang guard covers test bodies only, not fixture teardown)."""
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await p.pod.stop()
+        except TimeoutError:
+            await self.kill(p.index, revoke_lease=True)
+            raise AssertionError(f"{p.id} did not stop within {STOP_TIMEOUT_S:.0f}s; killed it") from None
 
 
 __all__ = [
