@@ -40,10 +40,14 @@ async def test_lost_lease_is_regranted_and_owner_reputs(kv: KvClient, kv_root: s
         # the key bound to the revoked lease is gone (the session may already have re-put it on a new one)
         gone = await kv.get(key)
         assert gone is None or gone.lease != first
-        await wait_until(lambda: leases)
+        await wait_until(lambda: leases, what="the lease listener")
         assert leases == [session.lease_id] and session.lease_id != first
-        entry = await kv.get(key)
-        assert entry is not None and entry.lease == session.lease_id
+
+        async def reput() -> bool:  # the listener was called; its put may still be on its way
+            entry = await kv.get(key)
+            return entry is not None and entry.lease == session.lease_id
+
+        await wait_until(reput, what="the record re-put on the new lease")
     finally:
         await session.stop()
 
