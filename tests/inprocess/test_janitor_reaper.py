@@ -25,7 +25,8 @@ GHOST = "pod-9"  # never alive
 
 
 async def record(mesh: InProcessCluster, model_id: str = M) -> ModelRecord | None:
-    return await mesh[0].pod.registry.get_strong(model_id)
+    """The record as etcd has it now (read through a live pod)."""
+    return await mesh.live[0].pod.registry.get_strong(model_id)
 
 
 async def edit(mesh: InProcessCluster, fn: Callable[[ModelRecord], ModelRecord], model_id: str = M) -> None:
@@ -267,3 +268,26 @@ async def test_a_killed_pods_models_come_back_elsewhere_without_waiting_for_a_sw
 
     await wait_until(moved, what="the copy reloaded on a live pod")
     assert sum(p.runtime.loads[M] for p in mesh.live) == 1
+
+
+async def test_when_the_leader_dies_another_pod_takes_over_and_sweeps(cluster) -> None:
+    mesh = await cluster(pods=3, settings=MANUAL_CHECKS)
+    leader = await wait_until(
+        lambda: next((p for p in mesh.pods if p.pod.reaper.is_leader), None), what="a leader"
+    )
+    await mesh[0].client.register(M)
+    await load_on(mesh, leader.index, M)
+    await mesh.kill(leader.index, revoke_lease=True)
+    successor = await wait_until(
+        lambda: next((p for p in mesh.live if p.pod.reaper.is_leader), None), what="a new leader"
+    )
+    await wait_until(
+        lambda: all(p.pod.election.leader_id == successor.id for p in mesh.live),
+        what="every pod to follow it",
+    )
+
+    async def moved() -> bool:
+        rec = await record(mesh)
+        return leader.id not in rec.instances and any(i != leader.id for i in rec.loaded)
+
+    await wait_until(moved, what="the new leader's sweep to reload the dead leader's model")
