@@ -15,12 +15,12 @@ Use::
 
 Settings: ``settings`` apply to every pod, ``pod_settings[i]`` to pod i (over them); ``runtime`` and
 ``pod_runtimes[i]`` are FakeRuntime arguments (capacity, sizes...); ``client_tls_ca`` makes the test's
-clients verify TLS pods with that CA. Ports are picked before the pods start,
-so each pod advertises the address it listens on. Fault injection: ``kill(i)`` (as SIGKILL: no drain, the
-lease left to expire unless ``revoke_lease``), ``partition(i)`` (its server stops answering but it stays in
-etcd), ``crash_runtime(i)`` / ``restore_runtime(i)`` (the runtime dies and comes back, as the pod's process
-supervisor reports it). ``stop()`` (the context exit) stops every pod gracefully, then checks that no
-``mesh:*`` task is left running.
+clients verify TLS pods with that CA. Ports are picked before the pods start, so each pod advertises the
+address it listens on. Fault injection: ``kill(i)`` (as SIGKILL: no drain, the lease left to expire unless
+``revoke_lease``), ``partition(i)`` (its server stops answering but it stays in etcd), ``crash_runtime(i)``
+/ ``restore_runtime(i)`` (the runtime dies and comes back, as the pod's process supervisor reports it).
+``stop()`` (the context exit) stops every pod gracefully, within 30 s each, then checks that no ``mesh:*``
+task is left running.
 """
 
 from __future__ import annotations
