@@ -44,7 +44,7 @@ async def test_concurrent_first_requests_share_one_load(cluster) -> None:
     answers = await asyncio.gather(*(mesh[0].client.infer("m") for _ in range(16)))
     assert set(answers) == {Served("m", "pod-0")}
     assert mesh[0].runtime.loads["m"] == 1
-    assert mesh[0].metric("modelmesh_loadmodel_seconds_count") == 1
+    assert mesh[0].metric("modelmesh_loadmodel_milliseconds_count") == 1
 
 
 async def test_eviction_is_least_recently_used_first(cluster) -> None:
@@ -59,7 +59,7 @@ async def test_eviction_is_least_recently_used_first(cluster) -> None:
         await c.infer(m)
         if i % 3 == 0:
             await c.infer(models[0])  # in regular use
-    assert mesh[0].metric("modelmesh_evictions_total") >= 3
+    assert mesh[0].metric("modelmesh_age_at_eviction_milliseconds_count") >= 3
     loaded = {m for m in models if (await c.status(m))["status"] == "LOADED"}
     assert models[0] in loaded, "a model in regular use was evicted"
     rest = [m for m in models if m != models[0]]
@@ -196,7 +196,7 @@ async def test_requests_to_any_pod_reach_the_model_loaded_once(cluster) -> None:
     holders = {m: await mesh[0].client.copies(m) for m in models}
     assert all(len(h) == 1 for h in holders.values()), holders
     assert len({h[0] for h in holders.values()}) >= 2, holders
-    assert sum(p.metric("modelmesh_evictions_total") for p in mesh.pods) == 0
+    assert sum(p.metric("modelmesh_age_at_eviction_milliseconds_count") for p in mesh.pods) == 0
     assert sum(p.runtime.total_loads for p in mesh.pods) == len(models)
     assert sum(p.metric("modelmesh_requests_routed_total", route="forward") for p in mesh.pods) > 0
     assert len((await mesh[0].client.cluster_status())["instances"]) == 3

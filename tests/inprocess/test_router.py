@@ -219,7 +219,7 @@ async def test_a_request_waits_for_the_load_already_running_here(cluster) -> Non
     assert await first == Served(M, "pod-0")
     assert await second == Served(M, "pod-0")
     assert mesh[0].runtime.loads[M] == 1
-    assert mesh[0].metric("modelmesh_cache_miss_seconds_count") == 2  # both waited on the one load
+    assert mesh[0].metric("modelmesh_cache_miss_milliseconds_count") == 2  # both waited on the one load
 
 
 async def test_concurrent_misses_on_every_pod_end_in_one_load(cluster) -> None:

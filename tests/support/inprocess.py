@@ -52,6 +52,7 @@ from tests.support.conditions import wait_until
 FAST_SETTINGS: dict[str, Any] = {
     "host": "127.0.0.1",
     "metrics_port": 0,
+    "rest_port": 0,
     "lease_ttl_s": 3,
     "publish_interval_s": 1,
     "janitor_interval_s": 2,
@@ -238,12 +239,23 @@ class PodUnderTest:
         return self.pod.settings.advertised
 
     def metric(self, name: str, **labels: str) -> float:
-        """Sum of the samples named ``name`` on this pod whose labels include ``labels``."""
+        """Sum of the samples named ``name`` on this pod whose labels include ``labels``. A name the pod does
+        not export at all is an error, not 0: a renamed metric must fail the test that reads it."""
         total = 0.0
+        exported = False
         for family in self.pod.metrics.registry.collect():
             for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                if sample.name != name:
+                    continue
+                exported = True
+                if all(sample.labels.get(k) == v for k, v in labels.items()):
                     total += sample.value
+            # a labelled family with no child yet has no samples: it is still exported
+            exported = exported or name.removesuffix("_total") in (family.name, f"{family.name}_total") or (
+                name.removesuffix("_count").removesuffix("_sum") == family.name
+            )
+        if not exported:
+            raise AssertionError(f"{self.id} exports no metric named {name!r}")
         return total
 
     def holds(self, model_id: str) -> bool:
@@ -359,7 +371,11 @@ class InProcessCluster:
         p.alive = False
         pod = p.pod
         pod.ready = False
+        if pod.http is not None:
+            await pod.http.stop(grace_s=0)
         await pod.server.stop(grace=None)
+        if getattr(pod, "watchdog", None) is not None:
+            pod.watchdog.stop()
         await pod.tasks.close()
         await pod.peers.close()
         await pod.session.stop(revoke=revoke_lease)
