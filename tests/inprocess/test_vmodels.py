@@ -106,20 +106,27 @@ async def test_owner_expected_target_and_not_found(cluster) -> None:
     c0, c1 = mesh[0].client, mesh[1].client
     st = await set_vmodel(c0, "vm", "a", owner="isvc-a")
     assert st["owner"] == "isvc-a"
-    # another owner may not change, delete or see it
+    assert st["target_model_status"] is None  # as ModelMesh: only while target != active
+    # another owner may not change or see it, and deleting it as another owner does nothing (ModelMesh's
+    # answers)
     with pytest.raises(MeshClientError) as info:
         await set_vmodel(c1, "vm", "b", owner="isvc-b")
-    assert info.value.code == "FAILED_PRECONDITION"
-    assert "isvc-a" in info.value.message and "isvc-b" in info.value.message
-    assert await code_of(c1.delete_vmodel("vm", owner="isvc-b")) == "FAILED_PRECONDITION"
+    assert info.value.code == "ALREADY_EXISTS" and "isvc-a" in info.value.message
+    await c1.delete_vmodel("vm", owner="isvc-b")  # OK without effect
     assert (await c0.vmodel_status("vm", owner="isvc-b"))["status"] == "NOT_FOUND"
     assert (await c0.vmodel_status("vm", owner="isvc-a"))["status"] == "DEFINED"
+    assert (await c0.vmodel_status("vm"))["status"] == "DEFINED"  # no owner named: any vmodel
     # expectedTargetModelId is compare-and-swap on the target
     with pytest.raises(MeshClientError) as info:
         await set_vmodel(c1, "vm", "b", owner="isvc-a", expected_target="b")
     assert info.value.code == "FAILED_PRECONDITION" and "'a'" in info.value.message
     st = await set_vmodel(c1, "vm", "b", owner="isvc-a", expected_target="a", sync=True)
     assert (st["status"], st["active_model_id"]) == ("DEFINED", "b")
+    # expectedTargetModelId does not stop the creation of a vmodel that does not exist yet (ModelMesh)
+    st = await set_vmodel(c0, "vm-new-cas", "a", expected_target="anything")
+    assert (st["status"], st["active_model_id"]) == ("DEFINED", "a")
+    await c0.delete_vmodel("vm-new-cas")  # a request naming no owner may delete it
+    assert (await c0.vmodel_status("vm-new-cas"))["status"] == "NOT_FOUND"
     # updateOnly of a missing vmodel, and a target that is not registered without modelInfo
     assert await code_of(set_vmodel(c0, "vm-missing", "a", update_only=True)) == "NOT_FOUND"
     assert await code_of(c0.set_vmodel("vm-missing", "never-registered")) == "NOT_FOUND"
@@ -271,3 +278,15 @@ async def test_a_newer_target_replaces_a_pending_one(cluster) -> None:
 async def _active_is(client: PodClient, model_id: str) -> bool:
     st = await client.vmodel_status("vm")
     return st["status"] == "DEFINED" and st["active_model_id"] == model_id
+
+
+async def test_default_vmodel_owner(cluster) -> None:
+    """MM_DEFAULT_VMODEL_OWNER (ModelMesh's): a vModel set without an owner gets it; one that names an owner
+    keeps its own."""
+    mesh = await cluster(pods=1, settings={"default_vmodel_owner": "ksp"})
+    c = mesh[0].client
+    await c.register("m")
+    assert (await c.set_vmodel("v-default-owner", "m"))["owner"] == "ksp"
+    assert (await c.vmodel_status("v-default-owner", owner="ksp"))["status"] != "NOT_FOUND"
+    assert (await c.vmodel_status("v-default-owner", owner="someone-else"))["status"] == "NOT_FOUND"
+    assert (await c.set_vmodel("v-own-owner", "m", owner="team-a"))["owner"] == "team-a"
