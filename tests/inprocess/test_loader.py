@@ -5,7 +5,9 @@ The registry side is ``RecordingLoadHooks`` (what the loader asked etcd to recor
 every model is 10 kB unless a row says otherwise. A row names the models loaded before (``preload``: id and
 last-used time), the runtime's behaviour, the load under test, something that happens while it runs
 (``during``), and the expected outcome: the error (or none), what the runtime was asked to load and to
-unload (in order), what the cache holds afterwards, and the registry calls for the model under test.
+unload (in order), what the cache holds afterwards, and the registry calls for the model under test. The
+claim runs alongside the runtime's size prediction, so a load refused for its size still claimed first and
+releases the claim.
 """
 
 from __future__ import annotations
@@ -164,6 +166,7 @@ CASES = {
         error_text="used more recently",
         loads=0,
         cache={"a", "b", "c"},
+        calls=[("claim", X), ("released", X)],  # the claim ran alongside the sizing; given back
     ),
     "measured size above the prediction evicts more after the load": Case(
         preload=[("a", 100), ("b", 200)],
@@ -180,7 +183,11 @@ CASES = {
         cached_size=12_345,
     ),
     "model larger than the whole cache: RESOURCE_EXHAUSTED naming both sizes": Case(
-        behave={"predicted_size": 50_000}, error=ModelTooLarge, error_text="50000 bytes", loads=0
+        behave={"predicted_size": 50_000},
+        error=ModelTooLarge,
+        error_text="50000 bytes",
+        loads=0,
+        calls=[("claim", X), ("released", X)],
     ),
     "runtime crash reported by the supervisor fails every waiting caller": Case(
         behave={"hang": True},
