@@ -170,11 +170,6 @@ def ghost_holds(*, loaded_too: bool = True, live_copy_on: int | None = None, **r
     return arrange
 
 
-async def below_min_copies(mesh: InProcessCluster) -> None:
-    await mesh[0].client.register(M, min_copies=2)
-    await load_on(mesh, 0, M)
-
-
 async def old_and_new_failures(mesh: InProcessCluster) -> None:
     await mesh[0].client.register(M)
     await mesh[0].pod.registry.record_failure(M, "pod-1", "old failure")
@@ -205,7 +200,6 @@ REAPER = {
     "dead pod was only loading it: claim removed, nothing reloaded": ReaperCase(
         ghost_holds(loaded_too=False), holders=0
     ),
-    "below min copies: topped up": ReaperCase(below_min_copies, holders=2, loads=1),
     "failure records past the expiry removed, recent ones kept": ReaperCase(
         old_and_new_failures, holders=0, failures_after={"pod-2"}
     ),
@@ -228,7 +222,7 @@ async def test_reaper(cluster, case: ReaperCase) -> None:
         clock=clock,
     )
     leader = await wait_until(
-        lambda: next((p for p in mesh.pods if p.pod.reaper.is_leader), None), what="a leader"
+        lambda: next((p for p in mesh.pods if p.pod.election.is_leader), None), what="a leader"
     )
     await case.arrange(mesh)
     await wait_until(lambda: _view_has(leader, case), what="the arranged record in the leader's view")
@@ -245,6 +239,34 @@ async def test_reaper(cluster, case: ReaperCase) -> None:
     assert sum(p.runtime.loads[M] for p in mesh.pods) - loads_before == case.loads
 
 
+async def test_a_model_below_min_copies_is_topped_up_at_once_and_only_once(cluster) -> None:
+    """The leader hears a record fall below its ``min_copies`` (here: re-registered with a higher minimum) and
+    tops it up at once, without waiting for its periodic sweep; a sweep while that copy loads or after it
+    adds none (issue 12: minCopies 2 once ended with 3 copies)."""
+    mesh = await cluster(pods=3, settings=MANUAL_CHECKS, clock=FakeClock())
+    leader = await wait_until(
+        lambda: next((p for p in mesh.pods if p.pod.election.is_leader), None), what="a leader"
+    )
+    await mesh[0].client.register(M)
+    await load_on(mesh, 0, M)
+    loads_before = sum(p.runtime.loads[M] for p in mesh.pods)
+    live = {p.id for p in mesh.pods}
+
+    async def live_holders() -> set[str]:
+        return set((await record(mesh)).loaded) & live
+
+    async def two_holders() -> bool:
+        return len(await live_holders()) == 2
+
+    await mesh[0].client.register(M, min_copies=2)
+    await leader.pod.reaper.sweep_if_leader()  # a sweep racing the watch's top-up
+    await wait_until(two_holders, what="a second copy")
+    await leader.pod.reaper.sweep_if_leader()
+    await wait_until(lambda: not leader.pod.reaper._reloads, what="top-ups started by the sweeps")
+    assert len(await live_holders()) == 2
+    assert sum(p.runtime.loads[M] for p in mesh.pods) - loads_before == 1
+
+
 def _view_has(pod: PodUnderTest, case: ReaperCase) -> bool:
     rec = pod.pod.views.current.model(M)
     return rec is not None and (bool(rec.instances) or bool(rec.failures))
@@ -255,7 +277,7 @@ async def test_a_killed_pods_models_come_back_elsewhere_without_waiting_for_a_sw
     every record and its only copy is loaded on a live pod."""
     mesh = await cluster(pods=3, settings=MANUAL_CHECKS)
     leader = await wait_until(
-        lambda: next((p for p in mesh.pods if p.pod.reaper.is_leader), None), what="a leader"
+        lambda: next((p for p in mesh.pods if p.pod.election.is_leader), None), what="a leader"
     )
     victim = next(p for p in mesh.pods if p is not leader)
     await mesh[0].client.register(M)
@@ -273,13 +295,13 @@ async def test_a_killed_pods_models_come_back_elsewhere_without_waiting_for_a_sw
 async def test_when_the_leader_dies_another_pod_takes_over_and_sweeps(cluster) -> None:
     mesh = await cluster(pods=3, settings=MANUAL_CHECKS)
     leader = await wait_until(
-        lambda: next((p for p in mesh.pods if p.pod.reaper.is_leader), None), what="a leader"
+        lambda: next((p for p in mesh.pods if p.pod.election.is_leader), None), what="a leader"
     )
     await mesh[0].client.register(M)
     await load_on(mesh, leader.index, M)
     await mesh.kill(leader.index, revoke_lease=True)
     successor = await wait_until(
-        lambda: next((p for p in mesh.live if p.pod.reaper.is_leader), None), what="a new leader"
+        lambda: next((p for p in mesh.live if p.pod.election.is_leader), None), what="a new leader"
     )
     await wait_until(
         lambda: all(p.pod.election.leader_id == successor.id for p in mesh.live),
