@@ -277,7 +277,11 @@ async def test_add_copy(cluster, arrange, expect) -> None:
     else:
         assert target in expect
         assert mesh[int(target[-1])].holds(M)
-        assert set((await mesh[0].pod.registry.get_strong(M)).loaded) == holders | {target}
+
+        async def recorded() -> bool:  # the LOADED write follows the load (waiters go first)
+            return set((await mesh[0].pod.registry.get_strong(M)).loaded) == holders | {target}
+
+        await wait_until(recorded, what=f"the copy on {target} recorded as loaded")
 
 
 # ---------------------------------------------------------------------------------------------- through a request
