@@ -15,7 +15,8 @@ Use::
 
 Settings: ``settings`` apply to every pod, ``pod_settings[i]`` to pod i (over them); ``runtime`` and
 ``pod_runtimes[i]`` are FakeRuntime arguments (capacity, sizes...); ``client_tls_ca`` makes the test's
-clients verify TLS pods with that CA. Ports are picked before the pods start, so each pod advertises the
+clients verify TLS pods with that CA, and ``client_tls_cert`` (cert, key) makes them present a client
+certificate (pods with ``tls_client_auth``). Ports are picked before the pods start, so each pod advertises the
 address it listens on. Fault injection: ``kill(i)`` (as SIGKILL: no drain, the lease left to expire unless
 ``revoke_lease``), ``partition(i)`` (its server stops answering but it stays in etcd), ``crash_runtime(i)``
 / ``restore_runtime(i)`` (the runtime dies and comes back, as the pod's process supervisor reports it).
@@ -86,10 +87,13 @@ class Served:
 class PodClient:
     """Async client of one pod (management, inference, admin). Errors are ``MeshClientError``s."""
 
-    def __init__(self, address: str, timeout: float = 20.0, *, tls_ca: str = "") -> None:
+    def __init__(
+        self, address: str, timeout: float = 20.0, *, tls_ca: str = "", tls_cert: str = "", tls_key: str = ""
+    ) -> None:
         self.address = address
         self.timeout = timeout
-        self.channel = aio_channel(address, tls=TlsFiles(ca=tls_ca) if tls_ca else None)
+        tls = TlsFiles(ca=tls_ca, cert=tls_cert, key=tls_key)
+        self.channel = aio_channel(address, tls=tls if tls.enabled else None)
         self._mm = mm_grpc.ModelMeshStub(self.channel)
         self._v2 = v2_grpc.GRPCInferenceServiceStub(self.channel)
         self._admin = admin_pb2_grpc.MeshAdminStub(self.channel)
@@ -251,8 +255,10 @@ class PodUnderTest:
                 if all(sample.labels.get(k) == v for k, v in labels.items()):
                     total += sample.value
             # a labelled family with no child yet has no samples: it is still exported
-            exported = exported or name.removesuffix("_total") in (family.name, f"{family.name}_total") or (
-                name.removesuffix("_count").removesuffix("_sum") == family.name
+            exported = (
+                exported
+                or name.removesuffix("_total") in (family.name, f"{family.name}_total")
+                or (name.removesuffix("_count").removesuffix("_sum") == family.name)
             )
         if not exported:
             raise AssertionError(f"{self.id} exports no metric named {name!r}")
@@ -277,6 +283,7 @@ class InProcessCluster:
         clock: Clock = SYSTEM_CLOCK,
         kv_root: str | None = None,
         client_tls_ca: str = "",
+        client_tls_cert: tuple[str, str] | None = None,
     ) -> None:
         self.etcd = etcd
         self.count = pods
@@ -289,6 +296,7 @@ class InProcessCluster:
         self.keys = Keys.for_root(self.kv_root)
         self.pods: list[PodUnderTest] = []
         self.client_tls_ca = client_tls_ca
+        self.client_tls_cert = client_tls_cert
 
     def __getitem__(self, index: int) -> PodUnderTest:
         return self.pods[index]
@@ -348,7 +356,8 @@ class InProcessCluster:
                     continue
                 await runtime.stop()
                 raise
-        client = PodClient(pod.settings.advertised, tls_ca=self.client_tls_ca)
+        cert, key = self.client_tls_cert or ("", "")
+        client = PodClient(pod.settings.advertised, tls_ca=self.client_tls_ca, tls_cert=cert, tls_key=key)
         handle = PodUnderTest(index, pod, runtime, client)
         self.pods.append(handle)
         return handle
