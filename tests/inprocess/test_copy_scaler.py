@@ -167,7 +167,9 @@ CASES = {
 async def test_copy_scaler(cluster, case: Case) -> None:
     clock = FakeClock()
     mesh = await cluster(pods=3, settings=SETTINGS, runtime=case.runtime, clock=clock)
-    for p in mesh.pods:  # the leader's reaper tops up min copies too (tested on its own): only the scaler acts
+    for (
+        p
+    ) in mesh.pods:  # the leader's reaper tops up min copies too (tested on its own): only the scaler acts
         p.pod.reaper.is_leader = lambda: False
     await case.arrange(mesh)
     before = await live_copies(mesh)

@@ -48,7 +48,9 @@ async def test_async_loads_answer_loading_and_unknown_ensure_loaded_fails(cluste
     assert st["status"] == "LOADING", st
     await c.register("second")
     assert (await c.ensure_loaded("second", sync=False))["status"] == "LOADING"
-    await wait_until(lambda: runtime.loads["first"] == runtime.loads["second"] == 1, what="both loads started")
+    await wait_until(
+        lambda: runtime.loads["first"] == runtime.loads["second"] == 1, what="both loads started"
+    )
     for model_id in ("first", "second"):
         runtime.release(model_id)
         await wait_until(lambda m=model_id: _status_is(c, m, "LOADED"), what=f"{model_id} loaded")
