@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import pytest
@@ -51,6 +52,22 @@ async def wait_loaded_everywhere(mesh: InProcessCluster, model_id: str, holder: 
         return True
 
     await wait_until(seen, what=f"every pod to see {model_id} loaded on {holder}")
+
+
+def running(prefix: str) -> list[str]:
+    """Names of the unfinished tasks (of every in-process pod: they share the loop) starting with ``prefix``."""
+    return [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith(prefix) and not t.done()]
+
+
+async def registry_writes_done() -> None:
+    """Until no load or release task of any pod is running: a load wakes its waiters (and returns to its caller)
+    before it records LOADED, and an unloaded copy is released from its record afterwards."""
+    from tests.support.conditions import wait_until
+
+    await wait_until(
+        lambda: not running("mesh:load:") and not running("mesh:release:"),
+        what="the pods' registry writes of loaded and released copies",
+    )
 
 
 @pytest.fixture

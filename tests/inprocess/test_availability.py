@@ -21,7 +21,7 @@ from mesh.dataplane import headers as h
 from mesh.dataplane.ports import ABSENT, LOCAL, Route, RouteKind
 from mesh.errors import MeshError, ModelLoadFailed, ModelNotFound, ModelNotHere, NoPlacement
 from tests.fakes import FakeClock
-from tests.inprocess.conftest import Failed, case_ids, load_on, outcome
+from tests.inprocess.conftest import Failed, case_ids, load_on, outcome, registry_writes_done
 from tests.support.conditions import wait_until
 from tests.support.inprocess import InProcessCluster
 
@@ -318,4 +318,5 @@ async def test_concurrent_ensure_loaded_from_every_pod_loads_once(cluster) -> No
         *(p.pod.availability.ensure_loaded(M, last_used=1) for p in mesh.pods for _ in range(2))
     )
     assert sum(p.runtime.total_loads for p in mesh.pods) == 1
+    await registry_writes_done()
     assert len((await mesh[0].pod.registry.get_strong(M)).loaded) == 1

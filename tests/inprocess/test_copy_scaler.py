@@ -9,14 +9,13 @@ an extra copy is removed after 600 s unused.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
 
 from tests.fakes import FakeClock
-from tests.inprocess.conftest import case_ids, load_on
+from tests.inprocess.conftest import case_ids, load_on, registry_writes_done
 from tests.support.conditions import wait_until
 from tests.support.inprocess import MANUAL_CHECKS, InProcessCluster
 
@@ -175,7 +174,7 @@ async def test_copy_scaler(cluster, case: Case) -> None:
     before = await live_copies(mesh)
     for i in case.check_on:
         await mesh[i].pod.scaler.run_once()
-    await wait_until(lambda: not _running("mesh:release:"), what="registry releases of removed copies")
+    await registry_writes_done()
     after = await live_copies(mesh)
     assert len(after) == case.copies, after
     for pod_id in after - before:  # every added copy is loaded on that pod's runtime
@@ -183,7 +182,3 @@ async def test_copy_scaler(cluster, case: Case) -> None:
     if case.removed_from is not None:
         assert before - after == {case.removed_from}
         assert M in mesh[int(case.removed_from[-1])].runtime.unloads
-
-
-def _running(prefix: str) -> list[str]:
-    return [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith(prefix) and not t.done()]

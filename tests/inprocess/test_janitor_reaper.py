@@ -7,7 +7,6 @@ registry (e.g. a copy held by ``pod-9``, a pod that does not exist any more).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -15,7 +14,7 @@ import pytest
 
 from mesh.kv.records import ModelRecord
 from tests.fakes import FakeClock, RecordingLoadHooks
-from tests.inprocess.conftest import case_ids, load_on
+from tests.inprocess.conftest import case_ids, load_on, registry_writes_done
 from tests.support.conditions import wait_until
 from tests.support.inprocess import MANUAL_CHECKS, InProcessCluster, PodUnderTest
 
@@ -127,7 +126,7 @@ async def test_janitor(cluster, case: JanitorCase) -> None:
     before = await record(mesh)
     pod = mesh[0].pod
     await pod.janitor.run_once()
-    await wait_until(lambda: not _running("mesh:release:"), what="registry releases of unloaded copies")
+    await registry_writes_done()
     after = await record(mesh)
     if pod.cache.get(M) is not None:
         pod.cache.get(M).inflight = 0  # the pretended request ends (the pod's stop drains in-flight calls)
@@ -143,10 +142,6 @@ async def test_janitor(cluster, case: JanitorCase) -> None:
         assert (after.revision != before.revision) == case.written
     if case.lu_pushed:
         assert after.last_used == pod.cache.get(M).last_used > before.last_used
-
-
-def _running(prefix: str) -> list[str]:
-    return [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith(prefix) and not t.done()]
 
 
 # ---------------------------------------------------------------------------------------------- Reaper
@@ -230,6 +225,7 @@ async def test_reaper(cluster, case: ReaperCase) -> None:
     reaper = leader.pod.reaper if case.leader else next(p for p in mesh.pods if p is not leader).pod.reaper
     await reaper.sweep_if_leader()
     await wait_until(lambda: not reaper._reloads, what="reloads started by the sweep")
+    await registry_writes_done()
     rec = await record(mesh)
     live = {p.id for p in mesh.pods}
     assert len(set(rec.loaded) & live) == case.holders, rec
@@ -263,6 +259,7 @@ async def test_a_model_below_min_copies_is_topped_up_at_once_and_only_once(clust
     await wait_until(two_holders, what="a second copy")
     await leader.pod.reaper.sweep_if_leader()
     await wait_until(lambda: not leader.pod.reaper._reloads, what="top-ups started by the sweeps")
+    await registry_writes_done()
     assert len(await live_holders()) == 2
     assert sum(p.runtime.loads[M] for p in mesh.pods) - loads_before == 1
 
