@@ -237,7 +237,8 @@ async def _status_is(client: PodClient, model_id: str, status: str) -> bool:
 
 async def _failed(client: PodClient):
     st = await client.vmodel_status("vm")
-    return st if st["target_model_status"]["status"] == "LOADING_FAILED" else None
+    target = st["target_model_status"]  # None until this pod's view has the new target (target != active)
+    return st if target is not None and target["status"] == "LOADING_FAILED" else None
 
 
 async def test_a_transition_waits_for_a_slow_target_while_the_old_model_serves(cluster) -> None:
