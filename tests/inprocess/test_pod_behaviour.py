@@ -222,7 +222,13 @@ async def test_requests_to_any_pod_reach_the_model_loaded_once(cluster) -> None:
     for round_ in range(3):
         for i, m in enumerate(models):
             assert (await mesh[(i + round_) % 3].client.infer(m)).model == m
-    holders = {m: await mesh[0].client.copies(m) for m in models}
+    holders: dict[str, list[str]] = {}
+
+    async def all_seen() -> bool:  # LOADED is written after the answer; pod-0 sees it through its watch
+        holders.update({m: await mesh[0].client.copies(m) for m in models})
+        return all(holders.values())
+
+    await wait_until(all_seen, what="a LOADED copy of every model in pod-0's view")
     assert all(len(h) == 1 for h in holders.values()), holders
     assert len({h[0] for h in holders.values()}) >= 2, holders
     assert sum(p.metric("modelmesh_age_at_eviction_milliseconds_count") for p in mesh.pods) == 0

@@ -232,7 +232,11 @@ async def test_concurrent_misses_on_every_pod_end_in_one_load(cluster) -> None:
     holders = {a.runtime for a in answers}
     assert len(holders) == 1 and {a.model for a in answers} == {M}, answers
     assert sum(p.runtime.total_loads for p in mesh.pods) == 1
-    assert await mesh[0].client.copies(M) == sorted(holders)
+
+    async def recorded() -> bool:  # the LOADED write follows the answer; pod-0 sees it through its watch
+        return await mesh[0].client.copies(M) == sorted(holders)
+
+    await wait_until(recorded, what=f"pod-0 to see {M} loaded on {sorted(holders)}")
 
 
 async def test_not_found_comes_after_a_strong_read(cluster) -> None:
