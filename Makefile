@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # MLServer (and its protobuf<7 pin) lives in its own venv; the MLServer adapter tests use it.
 MLSERVER_STAMP := .venv-mlserver/.installed
 
-.PHONY: demo test test-slow coverage test-container test-multihost lint fmt protos lock clean ray-venv
+.PHONY: demo test test-slow coverage test-container test-multihost test-chaos lint fmt protos lock clean ray-venv
 
 # requirements-dev.lock pins every package (transitive ones too) with its hashes: the install refuses anything
 # else. The project itself goes in editable, without build isolation (the locked setuptools builds it).
@@ -42,6 +42,11 @@ coverage: $(STAMP) $(MLSERVER_STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# Fault injection under a Zipf load (tests/chaos): pods SIGKILLed, the runtime killed and stopped, etcd down,
+# slow storage, a full disk; a few minutes, figures in var/chaos/ (docs/benchmarks.md "Chaos"). .ci/run runs it.
+test-chaos: $(STAMP)
+	$(BIN)/python -m pytest -q -m chaos
 
 # Builds the deploy/Dockerfile images with buildah/podman and runs them (minutes; needs a container engine).
 test-container: $(STAMP)

@@ -1,8 +1,12 @@
 """gRPC channel and server-credential construction, in one place, so every listener and client has the same
-TLS options and message-size limits. Channels are created once per target and reused (DESIGN §3)."""
+TLS options and message-size limits. Channels are created once per target and reused (DESIGN §3). The REST
+listener's TLS context (``server_ssl_context``) is built here too, from the same files and client-auth mode as
+the gRPC listener, so the two ports can never disagree on who may connect."""
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +24,15 @@ class TlsFiles:
     @property
     def enabled(self) -> bool:
         return bool(self.ca or self.cert)
+
+
+def closed_under_the_call() -> bool:
+    """For an ``asyncio.CancelledError`` caught around a grpc.aio call: True when the call's channel was closed
+    under it (grpc.aio cancels every call in flight on ``close()``), False when the current task itself is being
+    cancelled. The first is a failed call: letting CancelledError out of a server handler makes gRPC send the
+    client nothing, and the client waits for its whole deadline."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -95,3 +108,20 @@ def add_port(
         )
         return server.add_secure_port(address, creds)
     return server.add_insecure_port(address)
+
+
+def server_ssl_context(tls: TlsFiles, client_auth: str = "optional") -> ssl.SSLContext:
+    """The TLS context of an asyncio listener (the REST port) with ``add_port``'s rules: the pod's certificate,
+    TLS 1.2 or later, and client certificates verified against ``tls.ca`` when ``optional`` and presented, or
+    demanded when ``require``."""
+    if client_auth not in CLIENT_AUTH_MODES:
+        raise ValueError(f"client auth {client_auth!r} is not one of {', '.join(CLIENT_AUTH_MODES)}")
+    if client_auth == "require" and not tls.ca:
+        raise ValueError("client auth 'require' needs a CA bundle (MM_TLS_CA_PATH) to verify clients")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(tls.cert, tls.key)
+    if client_auth != "none" and tls.ca:
+        ctx.load_verify_locations(cafile=tls.ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED if client_auth == "require" else ssl.CERT_OPTIONAL
+    return ctx

@@ -10,7 +10,8 @@ Two calls, both on the peer's external port:
 One channel per peer address, created on first use and closed as soon as the peer leaves the cluster view
 (``retain``), so channels to dead pods never pile up. Every failure goes through
 ``mesh.errors.from_rpc_error(..., Source.PEER)``: the peer's typed ``mm-error`` trailer says what failed
-there; no answer at all (connection refused or lost) is ``PeerUnavailable``.
+there; no answer at all (connection refused or lost, or the channel closed under the call because the peer
+left the view) is ``PeerUnavailable``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Collection, Sequence
 
 import grpc
 
-from mesh.channels import PEER_CHANNEL_OPTIONS, TlsFiles, aio_channel
+from mesh.channels import PEER_CHANNEL_OPTIONS, TlsFiles, aio_channel, closed_under_the_call
 from mesh.dataplane import headers as h
 from mesh.errors import ModelLoadFailed, PeerUnavailable, Source, from_rpc_error
 from protos.mmesh import model_mesh_pb2 as pb
@@ -81,6 +82,10 @@ class PeerClient:
             raise from_rpc_error(exc, Source.PEER, where=f"{peer} ({address})") from exc
         except grpc.aio.UsageError as exc:  # the peer left the view and its channel was closed meanwhile
             raise PeerUnavailable(f"peer {peer} ({address}) left the cluster") from exc
+        except asyncio.CancelledError:
+            if not closed_under_the_call():
+                raise
+            raise PeerUnavailable(f"peer {peer} ({address}) left the cluster during the call") from None
 
     async def _connected(self, peer: str, address: str, timeout: float | None) -> None:
         """Wait (at most ``connect_timeout_s``) for the channel to ``address`` to be connected: a peer that
@@ -122,6 +127,10 @@ class PeerClient:
             raise from_rpc_error(exc, Source.PEER, where=f"{peer} ({address})") from exc
         except grpc.aio.UsageError as exc:
             raise PeerUnavailable(f"peer {peer} ({address}) left the cluster") from exc
+        except asyncio.CancelledError:
+            if not closed_under_the_call():
+                raise
+            raise PeerUnavailable(f"peer {peer} ({address}) left the cluster during the call") from None
         if status.status == pb.ModelStatusInfo.LOADING_FAILED:
             raise ModelLoadFailed(model_id, "; ".join(status.errors) or f"load failed on {peer}")
 

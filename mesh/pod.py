@@ -37,7 +37,7 @@ from mesh import __version__
 from mesh.api.admin import MeshAdminServicer
 from mesh.api.model_mesh import ModelMeshServicer, add_to_server
 from mesh.boundary import ErrorBoundary
-from mesh.channels import SERVER_OPTIONS, TlsFiles, add_port, channel_options
+from mesh.channels import SERVER_OPTIONS, TlsFiles, add_port, channel_options, server_ssl_context
 from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.cluster.availability import Availability
 from mesh.cluster.drain import Drain
@@ -397,7 +397,9 @@ class Pod:
                 idle_timeout_s=s.rest_idle_timeout_s,
                 max_connections=s.rest_max_connections,
             )
-            await self.http.start(s.host, s.rest_port)
+            # HTTPS with the gRPC listener's certificate and client-auth rule when TLS is configured
+            ssl_context = server_ssl_context(self.tls, s.tls_client_auth) if self.tls.cert else None
+            await self.http.start(s.host, s.rest_port, ssl_context=ssl_context)
         self.metrics.bind_state(
             instance=lambda: self._instance_stats, cluster=self._cluster_totals, now_ms=self.clock.now_ms
         )

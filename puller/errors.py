@@ -197,6 +197,23 @@ class DiskBudgetExceeded(PullError):
         self.budget = budget
 
 
+class DiskFull(PullError):
+    """The model directory's filesystem ran out of space (ENOSPC, or a quota: EDQUOT) while the model was being
+    written; the partial download was deleted. Retryable: other models' unloads, or another pod, may have room."""
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    retryable = True
+
+    def __init__(self, *, model_id: str, free: int, total: int) -> None:
+        super().__init__(
+            f"no space left on device for model '{model_id}': it does not fit on the model directory's "
+            f"filesystem ({free} of {total} bytes free without it)"
+        )
+        self.model_id = model_id
+        self.free = free
+        self.total = total
+
+
 class TruncatedDownload(PullError):
     """The storage sent fewer bytes than it announced."""
 

@@ -6,11 +6,14 @@ Owns the pull lifecycle; the runtime side calls ``pull`` inside loadModel and ``
 - Local/PVC sources are never copied: the artifact path is the resolved source itself (confined to its
   root, symlinks resolved), and nothing is written under ``model_dir``.
 - Remote sources: one download per model at a time (single-flight: concurrent pulls of the same model and
-  source await the same task, shielded so one caller's cancellation does not stop it for the others). The
-  files go to a temp dir, are size- and checksum-verified while streaming, and the dir is renamed to
-  ``<model_dir>/<model_id>`` only when complete. Any failure deletes the temp dir and releases the disk
-  reservation; other models are untouched. A second pull of a model whose download is already complete
-  (same source) returns the existing artifact without downloading again.
+  source await the same task, shielded so one caller's cancellation does not stop it for the others). When
+  every caller has given up (the runtime's loading timeout, a cancelled loadModel), the download is
+  cancelled: nobody will use its bytes, and a slow storage must not hold a pull slot, a thread, the disk
+  reservation and a temp dir for as long as it keeps sending. The files go to a temp dir, are size- and
+  checksum-verified while streaming, and the dir is renamed to ``<model_dir>/<model_id>`` only when
+  complete. Any failure deletes the temp dir and releases the disk reservation; other models are
+  untouched; a full filesystem (ENOSPC/EDQUOT) is ``DiskFull``. A second pull of a model whose download
+  is already complete (same source) returns the existing artifact without downloading again.
 - All blocking work (storage clients, file I/O, hashing, sizing) runs on the named ``puller-io`` thread
   pool; the only thread-to-loop crossing is ``run_in_executor``.
 """
@@ -18,8 +21,11 @@ Owns the pull lifecycle; the runtime side calls ``pull`` inside loadModel and ``
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
+import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +36,24 @@ from mesh.redact import redact_text
 from puller import confine, layout
 from puller.budget import DiskBudget
 from puller.confine import Root
-from puller.errors import PullError
+from puller.errors import DiskFull, PullError
 from puller.providers.base import Aborted, FetchPlan, Limits, Provider, check_size, with_retries
 from puller.resolve import LocalSource, Source, parse_model_key, resolve
 from puller.settings import PullerSettings
 from puller.storage_config import StorageConfig, StorageConfigStore, StorageEntry
 
 log = logging.getLogger("puller.pull")
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})  # the model directory's filesystem is full
+
+
+@dataclass(eq=False)
+class _Download:
+    """One in-flight download of a model from one source, and how many pulls are waiting for it."""
+
+    model_id: str
+    fingerprint: str
+    task: asyncio.Task[LocalArtifact]
+    waiters: int = 0
 
 
 @dataclass(frozen=True)
@@ -62,7 +79,7 @@ class Puller:
             max_workers=max(2, settings.io_threads), thread_name_prefix="puller-io"
         )
         self._store = StorageConfigStore(settings.storage_config, pvc_mounts_dir=settings.pvc_mounts_dir)
-        self._inflight: dict[str, tuple[str, asyncio.Task[LocalArtifact]]] = {}
+        self._inflight: dict[str, _Download] = {}
         self._pulled: dict[str, tuple[str, LocalArtifact]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._pull_slots: asyncio.Semaphore | None = None
@@ -89,6 +106,12 @@ class Puller:
         except PullError as exc:
             scrub(exc, config.secrets())
             raise
+        except OSError as exc:
+            if exc.errno not in NO_SPACE:
+                raise
+            # the download's temp dir is gone already (_download); say what happened, not "internal error"
+            usage = await self._run(shutil.disk_usage, self._s.model_dir)
+            raise DiskFull(model_id=model_id, free=usage.free, total=usage.total) from None
 
     async def _pull(
         self, model_id: str, model_path: str, model_key: str, model_type: str, config: StorageConfig
@@ -108,14 +131,24 @@ class Puller:
             inflight = self._inflight.get(model_id)
             if inflight is None:
                 task = asyncio.create_task(self._download(model_id, source), name=f"puller:pull:{model_id}")
-                inflight = (fp, task)
+                inflight = _Download(model_id, fp, task)
                 self._inflight[model_id] = inflight
                 task.add_done_callback(functools.partial(self._download_done, model_id, inflight))
-            ifp, task = inflight
-            if ifp == fp:
-                return await asyncio.shield(task)
+            if inflight.fingerprint == fp:
+                return await self._wait(inflight)
             # Another source for this id is being pulled: let it finish, then pull ours over it.
-            await asyncio.wait([task])
+            await asyncio.wait([inflight.task])
+
+    async def _wait(self, download: _Download) -> LocalArtifact:
+        """Wait for a shared download; the last waiter to give up cancels it (module docstring)."""
+        download.waiters += 1
+        try:
+            return await asyncio.shield(download.task)
+        finally:
+            download.waiters -= 1
+            if download.waiters == 0 and not download.task.done():
+                log.info("pull of model '%s' abandoned by every caller: stopping it", download.model_id)
+                download.task.cancel()
 
     async def remove(self, model_id: str) -> None:
         """Delete ``<model_dir>/<model_id>`` (after any in-flight pull of it ends). Idempotent."""
@@ -123,7 +156,7 @@ class Puller:
         layout.check_model_dir_name(model_id)
         inflight = self._inflight.get(model_id)
         if inflight is not None:
-            await asyncio.wait([inflight[1]])
+            await asyncio.wait([inflight.task])
         async with self._lock(model_id):
             self._pulled.pop(model_id, None)
             await self._run(self._delete_model_dir, model_id)
@@ -132,7 +165,7 @@ class Puller:
     async def close(self) -> None:
         """Abandon in-flight downloads (their temp dirs are deleted), close clients, stop the thread pool."""
         self._closed = True
-        tasks = [t for _, t in self._inflight.values()]
+        tasks = [d.task for d in self._inflight.values()]
         for t in tasks:
             t.cancel()
         if tasks:
@@ -151,7 +184,7 @@ class Puller:
             entry: StorageEntry = source.entry  # type: ignore[union-attr]
             provider = self._provider(entry)
             where = f"{entry.where()} ({source.describe()})"  # type: ignore[union-attr]
-            plan: FetchPlan = await self._run(self._retrying, where, provider.plan, source)
+            plan: FetchPlan = await self._run(self._retrying, where, functools.partial(provider.plan, source))
             for obj in plan.objects:
                 check_size(obj.remote, obj.size, self._s.max_object_bytes)
             tmp = await self._run(layout.new_temp_dir, self._s.model_dir)
@@ -192,7 +225,8 @@ class Puller:
             async with slots:
                 limits.check()
                 dest = tmp / obj.rel
-                await self._run(self._retrying, where, provider.fetch, source, obj, dest, limits)
+                fetch = functools.partial(provider.fetch, source, obj, dest, limits)
+                await self._run(self._retrying, where, fetch, limits.abort)
 
         tasks = [asyncio.create_task(one(o), name=f"puller:file:{o.rel}") for o in plan.objects]
         try:
@@ -208,11 +242,11 @@ class Puller:
             errors = [r for r in results if isinstance(r, BaseException) and not isinstance(r, Aborted)]
             raise errors[0] if errors else failed[0].exception()  # type: ignore[misc]
 
-    def _retrying(self, where: str, fn, *args: Any):
+    def _retrying(self, where: str, fn, abort: threading.Event | None = None):
         s = self._s
         return with_retries(
-            functools.partial(fn, *args), where=where, attempts=s.max_attempts,
-            backoff_s=s.retry_backoff_s, backoff_max_s=s.retry_backoff_max_s,
+            fn, where=where, attempts=s.max_attempts, backoff_s=s.retry_backoff_s,
+            backoff_max_s=s.retry_backoff_max_s, abort=abort,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ helpers
@@ -227,7 +261,7 @@ class Puller:
             self._providers[name] = provider
         return provider
 
-    def _download_done(self, model_id: str, inflight: tuple, task: asyncio.Task) -> None:
+    def _download_done(self, model_id: str, inflight: _Download, task: asyncio.Task) -> None:
         if self._inflight.get(model_id) is inflight:
             del self._inflight[model_id]
         if not task.cancelled() and task.exception() is not None:

@@ -11,7 +11,9 @@ session is still recovering starts leader work as soon as it is the leader in fa
 record disappears (its lease ended), every ModelRecord that
 lists it is corrected (seconds, not ModelMesh's 10–17 minutes), a model whose only loaded copies were on the
 dead pod is loaded elsewhere at once, models below their ``min_copies`` are topped up, and expired failure
-records are removed. The same sweep also runs periodically.
+records are removed. The same sweep also runs periodically. A model is not reloaded or topped up again within
+``RETRY_AFTER_S`` of the last attempt, so attempts that end at once cannot make the sweep spin; a failed
+attempt brings the next sweep forward to ``RETRY_AFTER_S`` later.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ log = logging.getLogger(__name__)
 
 LAST_USED_PUSH_AGE_MS = 3600 * 1000
 MAX_PARALLEL_RELOADS = 4
+# A model whose reload or top-up was started this recently is left to a later sweep: attempts that end at once
+# (the target's runtime is restarting) must not turn the sweep-on-completion kick into a busy loop.
+RETRY_AFTER_S = 2.0
 MAX_TOUCHES_PER_RUN = 50
 
 
@@ -125,6 +130,8 @@ class Reaper:
         # registry yet) must not start a second one (issue 12: minCopies 2 ended with 3 copies).
         self._in_flight: set[str] = set()
         self._deferred = False  # work skipped at the parallel-reload bound: sweep again when a slot frees
+        self._tried: dict[str, float] = {}  # model id -> when its last reload/top-up started (monotonic)
+        self._retry: asyncio.Task | None = None  # a sweep due RETRY_AFTER_S after a failed attempt
 
     def on_instance_change(
         self, instance_id: str, old: InstanceRecord | None, new: InstanceRecord | None
@@ -148,6 +155,8 @@ class Reaper:
         alive = view.alive()
         now = self.clock.now_ms()
         changed = 0
+        since = self.clock.monotonic() - RETRY_AFTER_S
+        self._tried = {m: t for m, t in self._tried.items() if t > since}
         for model_id, rec in list(view.models.items()):
             dead = {i for i in rec.instances if i not in alive}
             if dead:
@@ -165,11 +174,20 @@ class Reaper:
                 changed += 1
         return changed
 
-    def _reload(self, model_id: str, last_used: int) -> None:
+    def _may_start(self, model_id: str) -> bool:
+        """Whether a reload/top-up of ``model_id`` may start now (and, if so, note that it did)."""
         if model_id in self._in_flight:
-            return
+            return False  # one in flight already (its copy may not be claimed in the registry yet)
+        if model_id in self._tried:
+            return False  # tried less than RETRY_AFTER_S ago: a later sweep comes back to it
         if len(self._reloads) >= MAX_PARALLEL_RELOADS:
             self._deferred = True
+            return False
+        self._tried[model_id] = self.clock.monotonic()
+        return True
+
+    def _reload(self, model_id: str, last_used: int) -> None:
+        if not self._may_start(model_id):
             return
         log.info("reaper: %s lost its only copy with a dead pod; loading it elsewhere", model_id)
         self._track(
@@ -179,10 +197,7 @@ class Reaper:
         )
 
     def _top_up(self, model_id: str, missing: int, holders: set[str]) -> None:
-        if model_id in self._in_flight:
-            return
-        if len(self._reloads) >= MAX_PARALLEL_RELOADS:
-            self._deferred = True
+        if not self._may_start(model_id):
             return
         size = self.availability.default_size
 
@@ -209,6 +224,17 @@ class Reaper:
         if self._deferred:
             self._deferred = False
             self.kick.set()
+        elif not task.cancelled() and task.exception() is not None and self._retry is None:
+            # failed (e.g. the target's runtime was restarting): sweep again once it may be tried again,
+            # rather than at the next periodic sweep (max(5 s, lease TTL))
+            self._retry = self.tasks.spawn("mesh:reaper-retry", self._kick_after(RETRY_AFTER_S))
+
+    async def _kick_after(self, delay_s: float) -> None:
+        try:
+            await asyncio.sleep(delay_s)
+            self.kick.set()
+        finally:
+            self._retry = None
 
     async def sweep_if_leader(self) -> None:
         if self.is_leader():

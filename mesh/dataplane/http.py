@@ -28,6 +28,7 @@ import contextlib
 import http
 import json
 import logging
+import ssl
 from dataclasses import dataclass
 
 import httptools
@@ -77,9 +78,12 @@ class HttpServer:
         self._server: asyncio.Server | None = None
         self.port = 0
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None) -> int:
+        """Listen on ``host:port`` (HTTPS when ``ssl_context`` is given: the pod's TLS settings); returns the port."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), host, port, reuse_address=True)
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host, port, reuse_address=True, ssl=ssl_context
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 

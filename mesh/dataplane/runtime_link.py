@@ -5,15 +5,18 @@ The payload is forwarded as bytes; the concrete model id is written where the ru
 ``methodInfos``, spliced into the message at its ``idInjectionPath`` (modelmesh.md §1.3). Failed calls go
 through ``mesh.errors.from_rpc_error(..., Source.RUNTIME)``: answers meaning "I don't have that model" become
 ModelNotHere so the router can reload or go elsewhere; the runtime's own verdicts pass through unchanged.
+A call in flight when the link is closed (the runtime exited) is RuntimeUnavailable, not a cancellation.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
-from mesh.channels import TlsFiles, aio_channel
+from mesh.channels import TlsFiles, aio_channel, closed_under_the_call
 from mesh.dataplane.headers import MODEL_ID, MODEL_ID_BIN, V2_METHODS, splice_string
-from mesh.errors import Source, Unimplemented, from_rpc_error
+from mesh.errors import RuntimeUnavailable, Source, Unimplemented, from_rpc_error
 
 
 class RuntimeLink:
@@ -84,6 +87,11 @@ class RuntimeLink:
             return await call(payload, metadata=md, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, Source.RUNTIME, where=self.address, model_id=model_id) from exc
+        except asyncio.CancelledError:
+            if not closed_under_the_call():
+                raise
+            # the runtime exited and the pod closed this link: the router retries elsewhere
+            raise RuntimeUnavailable(f"model runtime {self.address} went away during the call") from None
 
 
 def _id_headers(model_id: str) -> tuple[tuple[str, str | bytes], ...]:

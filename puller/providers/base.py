@@ -10,7 +10,7 @@ Owns the download mechanics that must not differ between S3, MinIO and HTTP:
   bytes than announced → TruncatedDownload, more or a different MD5 → VerificationFailed.
 - ``with_retries``: one retry policy. Only ``Transient`` (raised by providers for 5xx, throttling,
   connection and read errors), TruncatedDownload and VerificationFailed are retried, with exponential
-  backoff and full jitter; everything else fails at once.
+  backoff and full jitter; everything else fails at once; nothing is retried once the pull is aborted.
 """
 
 from __future__ import annotations
@@ -135,6 +135,7 @@ def stream_to_file(
     chunks: Iterable[bytes], dest: Path, *, obj: ObjectPlan, expected: int | None, limits: Limits
 ) -> int:
     """Write ``chunks`` to ``dest`` with the checks in the module docstring; returns the bytes written."""
+    limits.check()  # an aborted pull's temp dir may be gone already: never create it again
     dest.parent.mkdir(parents=True, exist_ok=True)
     md5 = hashlib.md5(usedforsecurity=False) if obj.md5 else None
     written = 0
@@ -175,11 +176,16 @@ def with_retries(
     backoff_max_s: float,
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
+    abort: threading.Event | None = None,
 ) -> T:
-    """Call ``fn`` until it succeeds, retrying only the retryable failures (see module docstring)."""
+    """Call ``fn`` until it succeeds, retrying only the retryable failures (see module docstring). Once
+    ``abort`` is set (the pull was abandoned or failed elsewhere) no further attempt starts and the backoff
+    wait ends: ``Aborted``."""
     rng = rng or random.Random()
     attempts = max(1, attempts)
     for attempt in range(1, attempts + 1):
+        if abort is not None and abort.is_set():
+            raise Aborted()
         try:
             return fn()
         except (Transient, TruncatedDownload, VerificationFailed) as exc:
@@ -194,5 +200,8 @@ def with_retries(
                 "%s: attempt %d/%d failed (%s); retrying in %.2fs",
                 where, attempt, attempts, redact_text(str(exc)), delay,
             )  # fmt: skip
-            sleep(delay)
+            if abort is not None:
+                abort.wait(delay)
+            else:
+                sleep(delay)
     raise AssertionError("unreachable")

@@ -74,14 +74,23 @@ class HttpProvider:
             counter = [0]
 
             def chunks():
-                for chunk in resp.iter_content(limits.chunk_bytes):
+                # read1: what has arrived, up to a chunk. A storage that dribbles its bytes is then seen as it
+                # sends them, so an abandoned pull stops at the next bytes (stream_to_file checks the abort
+                # flag per chunk), not when the whole chunk or file is in (iter_content would block for it).
+                while chunk := resp.raw.read1(limits.chunk_bytes, decode_content=True):
                     counter[0] += len(chunk)
                     yield chunk
 
             named = ObjectPlan(remote=shown, rel=obj.rel, size=length)
             try:
                 stream_to_file(chunks(), dest, obj=named, expected=length, limits=limits)
-            except (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError):
+            except (urllib3.exceptions.ReadTimeoutError, urllib3.exceptions.NewConnectionError) as exc:
+                raise Transient(f"connection broken while reading ({type(exc).__name__})") from None
+            except (
+                requests.exceptions.ChunkedEncodingError,
+                urllib3.exceptions.ProtocolError,
+                urllib3.exceptions.HTTPError,
+            ):
                 if length is not None:
                     raise TruncatedDownload(path=shown, expected=length, received=counter[0]) from None
                 raise Transient(f"connection broken while reading {shown}") from None
