@@ -70,7 +70,8 @@ async def _outage(mesh: InProcessCluster, etcd: EmbeddedEtcd) -> None:
     await wait_until(lambda: _works(c0.register("during-outage")), what="management back")
     await wait_until(lambda: _instances(c1, 2), what="both pods re-published")
     assert (await c1.infer("later")).model == "later"
-    assert (await c0.status("later"))["status"] == "LOADED"
+    # the holder records LOADED after answering; pod-0 sees it through its watch
+    await wait_until(lambda: _status_is(c0, "later", "LOADED"), what="pod-0 to see 'later' loaded")
     stop.set()
     await asyncio.gather(*drivers)
     assert not errors, errors[:3]
@@ -89,3 +90,7 @@ async def _works(call) -> bool:
 
 async def _instances(client, n: int) -> bool:
     return len((await client.cluster_status())["instances"]) == n
+
+
+async def _status_is(client, model_id: str, status: str) -> bool:
+    return (await client.status(model_id))["status"] == status

@@ -15,7 +15,7 @@ import pytest
 
 from mesh.client import MeshClientError
 from mesh.kv.records import ModelRecord, VModelRecord
-from tests.inprocess.conftest import Failed, outcome
+from tests.inprocess.conftest import Failed, outcome, registry_writes_done
 from tests.support.conditions import wait_until
 from tests.support.inprocess import FAKE_TYPE, InProcessCluster, PodClient, Served
 
@@ -267,9 +267,14 @@ async def test_a_newer_target_replaces_a_pending_one(cluster) -> None:
     await wait_until(lambda: sum(p.runtime.loads["b"] for p in mesh.pods) == 1, what="b loading")
     st = await set_vmodel(mesh[1].client, "vm", "c", sync=True)
     assert (st["status"], st["active_model_id"], st["target_model_id"]) == ("DEFINED", "c", "c")
+    await wait_until(lambda: _active_is(c0, "c"), what="pod-0's view to have the new target")
     for p in mesh.pods:
         p.runtime.release("b")
     await wait_until(lambda: _status_is(c0, "b", "LOADED"), what="the abandoned target's load to finish")
+    await registry_writes_done()
+    # the record itself (not a pod's view): the late load of b did not move the vmodel back
+    vrec = VModelRecord.from_json((await mesh[0].pod.kv.get(mesh.keys.vmodel("vm"))).value)
+    assert (vrec.active, vrec.target) == ("c", "c"), vrec
     st = await c0.vmodel_status("vm")
     assert (st["status"], st["active_model_id"], st["target_model_id"]) == ("DEFINED", "c", "c")
     assert (await c0.infer(vmodel="vm")).model == "c"
