@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # MLServer (and its protobuf<7 pin) lives in its own venv; the MLServer adapter tests use it.
 MLSERVER_STAMP := .venv-mlserver/.installed
 
-.PHONY: demo test test-slow test-container test-multihost test-chaos lint fmt protos lock clean ray-venv
+.PHONY: demo test test-slow coverage test-container test-multihost test-chaos lint fmt protos lock clean ray-venv
 
 # requirements-dev.lock pins every package (transitive ones too) with its hashes: the install refuses anything
 # else. The project itself goes in editable, without build isolation (the locked setuptools builds it).
@@ -33,6 +33,12 @@ test: $(STAMP) $(MLSERVER_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+# Line coverage of mesh/, puller/ and runtime_adapters/, the pod and runtime subprocesses included
+# ([tool.coverage.*] in pyproject.toml); report on the terminal and in var/coverage/html.
+coverage: $(STAMP) $(MLSERVER_STAMP)
+	rm -rf var/coverage && mkdir -p var/coverage
+	$(BIN)/python -m pytest -q --cov --cov-config=pyproject.toml --cov-report=term --cov-report=html:var/coverage/html
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

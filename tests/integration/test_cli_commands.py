@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import time
 import uuid
 
 import numpy as np
@@ -13,7 +12,9 @@ import pytest
 
 from mesh.cli import main
 from mesh.devtools.cluster import LocalCluster, pick_base_port
-from mesh.devtools.demo import check_outputs, ensure_samples, sample_entries
+from mesh.devtools.demo import check_outputs, sample_entries
+from tests.support.conditions import wait_for
+from tests.support.samples import SAMPLES_DIR, ensure_samples
 
 pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("mesh.pod") is None, reason="mesh.pod not written yet"),
@@ -22,12 +23,9 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def samples(tmp_path_factory):
-    if importlib.util.find_spec("runtime_adapters.builtin.samples") is None:
-        pytest.skip("runtime_adapters.builtin.samples not written yet")
-    out = tmp_path_factory.mktemp("models")
-    models = sample_entries(ensure_samples(out))
-    return out, models
+def samples():
+    """The session's sample models (var/test-models, generated once per machine), default group."""
+    return SAMPLES_DIR, sample_entries(ensure_samples())
 
 
 @pytest.fixture(scope="module")
@@ -82,14 +80,14 @@ def test_register_infer_status_unregister(cluster, samples, capsys):
     assert status["status"] == "LOADED"
     assert [c["location"] for c in status["copies"] if c["status"] == "LOADED"] == ["pod-0"]
 
-    # The cluster view is fed by watches and batched publications: poll until the pod's record shows it.
-    for _ in range(100):
+    # The cluster view is fed by watches and batched publications: wait until the pod's record shows it.
+    def cluster_status_shows_the_copy():
         rc, out, err = run(capsys, *addr, "status", "--json")
         assert rc == 0, err
         st = json.loads(out)
-        if any(x["model_id"] == model_id and x["loaded_on"] for x in st["models"]):
-            break
-        time.sleep(0.1)
+        return st if any(x["model_id"] == model_id and x["loaded_on"] for x in st["models"]) else None
+
+    st = wait_for(cluster_status_shows_the_copy, what="the copy in `mesh status --json`")
     assert [i["instance_id"] for i in st["instances"]] == ["pod-0"]
     assert any(x["model_id"] == model_id for x in st["models"])
     rc, out, err = run(capsys, *addr, "status")

@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from mesh.kv.client import KvClient
 from mesh.kv.election import Election
 from mesh.kv.session import Session
-
-
-async def _eventually(predicate) -> None:
-    async with asyncio.timeout(15):
-        while not predicate():
-            await asyncio.sleep(0.02)
+from tests.support.conditions import wait_until
 
 
 async def test_election_fails_over_when_the_leader_session_stops(etcd_server, kv: KvClient, kv_root: str):
@@ -31,7 +24,7 @@ async def test_election_fails_over_when_the_leader_session_stops(etcd_server, kv
         assert e1.leader_id == e2.leader_id == "pod-a"
         await e1.resign()
         await s1.stop()  # resign, then the lease goes too
-        await _eventually(lambda: e2.is_leader)
+        await wait_until(lambda: e2.is_leader)
         assert e2.leader_id == "pod-b" and seen[-1] == "pod-b"
         assert (await kv.get(kv_root + "leader")).value == b"pod-b"
     finally:
@@ -54,10 +47,10 @@ async def test_election_follows_a_lost_lease(etcd_server, kv: KvClient, kv_root:
         await e2.start()
         assert e1.is_leader
         await kv.lease_revoke(s1.lease_id)  # the leader's lease dies: its key goes, pod-b takes over
-        await _eventually(lambda: e2.is_leader and e1.leader_id == "pod-b")
+        await wait_until(lambda: e2.is_leader and e1.leader_id == "pod-b")
         assert not e1.is_leader
         await e2.resign()  # and pod-a, on its new lease, takes it back
-        await _eventually(lambda: e1.is_leader)
+        await wait_until(lambda: e1.is_leader)
     finally:
         await e1.resign()
         await e2.resign()

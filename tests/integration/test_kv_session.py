@@ -6,12 +6,7 @@ import asyncio
 
 from mesh.kv.client import KvClient
 from mesh.kv.session import Session
-
-
-async def _eventually(predicate) -> None:
-    async with asyncio.timeout(15):
-        while not predicate():
-            await asyncio.sleep(0.02)
+from tests.support.conditions import wait_until
 
 
 async def test_keepalive_keeps_leased_keys_past_the_ttl(kv: KvClient, kv_root: str):
@@ -45,10 +40,14 @@ async def test_lost_lease_is_regranted_and_owner_reputs(kv: KvClient, kv_root: s
         # the key bound to the revoked lease is gone (the session may already have re-put it on a new one)
         gone = await kv.get(key)
         assert gone is None or gone.lease != first
-        await _eventually(lambda: leases)
+        await wait_until(lambda: leases, what="the lease listener")
         assert leases == [session.lease_id] and session.lease_id != first
-        entry = await kv.get(key)
-        assert entry is not None and entry.lease == session.lease_id
+
+        async def reput() -> bool:  # the listener was called; its put may still be on its way
+            entry = await kv.get(key)
+            return entry is not None and entry.lease == session.lease_id
+
+        await wait_until(reput, what="the record re-put on the new lease")
     finally:
         await session.stop()
 
@@ -59,10 +58,10 @@ async def test_session_reports_unhealthy_while_etcd_is_down(etcd_server, kv: KvC
     try:
         await asyncio.to_thread(etcd_server.kill)
         try:
-            await _eventually(lambda: not session.healthy)
+            await wait_until(lambda: not session.healthy)
         finally:
             await asyncio.to_thread(etcd_server.start)
-        await _eventually(lambda: session.healthy)
+        await wait_until(lambda: session.healthy)
         assert await kv.lease_keepalive_once(session.lease_id) > 0
     finally:
         await session.stop()

@@ -11,6 +11,7 @@ from mesh.errors import KvConflict
 from mesh.kv.client import KvClient
 from mesh.kv.records import ModelRecord
 from mesh.kv.table import Table
+from tests.support.conditions import wait_until
 
 
 def _table(kv: KvClient, kv_root: str, name: str = "models") -> Table[ModelRecord]:
@@ -19,12 +20,6 @@ def _table(kv: KvClient, kv_root: str, name: str = "models") -> Table[ModelRecor
 
 def _bump(rec: ModelRecord | None) -> ModelRecord:
     return (rec or ModelRecord(type="t")).replace(refs=(rec.refs if rec else 0) + 1)
-
-
-async def _eventually(predicate) -> None:
-    async with asyncio.timeout(10):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 async def _applied(table: Table, revision: int) -> None:
@@ -104,7 +99,7 @@ async def test_table_sees_remote_writes_and_calls_listeners(kv: KvClient, kv_roo
     await table.start()
     try:
         assert calls == [("before", None, 0)]
-        await _eventually(lambda: table.healthy)
+        await wait_until(lambda: table.healthy)
         await kv.put(kv_root + "registry/m", ModelRecord(refs=1).to_json())
         rev = await kv.put(kv_root + "registry/m", ModelRecord(refs=2).to_json())
         await kv.put(kv_root + "elsewhere", b"ignored")
@@ -146,7 +141,7 @@ async def test_watch_survives_an_etcd_restart(etcd_server, kv: KvClient, kv_root
     table = _table(kv, kv_root)
     await table.start()
     try:
-        await _eventually(lambda: table.healthy)
+        await wait_until(lambda: table.healthy)
         await table.update("m", lambda cur: ModelRecord(refs=1))
         await asyncio.to_thread(etcd_server.restart, hard=True)  # SIGKILL, same data dir and ports
         writer = KvClient(etcd_server.endpoint)

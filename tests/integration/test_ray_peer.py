@@ -29,6 +29,7 @@ RAY_PYTHON = REPO_ROOT / ".venv-ray" / "bin" / "python"
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.timeout(600),  # hang guard only (a private Ray instance starts first), over the default 180 s
     pytest.mark.skipif(not RAY_PYTHON.exists(), reason="no .venv-ray: run `make ray-venv`"),
 ]
 

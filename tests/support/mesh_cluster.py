@@ -1,6 +1,7 @@
-"""Test harness for mesh integration tests: a LocalCluster on the session's etcd with a unique key root,
-plus fault injection (SIGKILL or SIGTERM one pod, restart it on the same port and id) and helpers to read a
-pod's Prometheus metrics and call its runtime directly."""
+"""Subprocess harness for the mesh tests that need real processes: a LocalCluster on the session's etcd with a
+unique key root, plus fault injection (SIGKILL or SIGTERM one pod, restart it on the same port and id) and
+helpers to read a pod's Prometheus metrics and call its runtime directly. For everything else, use the
+in-process harness (``tests.support.inprocess``): it starts in a fraction of the time."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from mesh.client import MeshClient
 from mesh.devtools.cluster import LocalCluster, free_port, log_tail
 from protos.inference import grpc_predict_v2_pb2 as v2
 from protos.inference import grpc_predict_v2_pb2_grpc as v2_grpc
+from tests.support.conditions import wait_for
 
 FAST_POD_ARGS = (
     "--lease-ttl-s", "3",
@@ -95,17 +97,6 @@ def make_cluster(etcd: str, samples: dict, *, pods: int = 1, capacity: int = 2_0
         pod_args=(*FAST_POD_ARGS, *extra),
         **kwargs,
     )
-
-
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 __all__ = ["FAST_POD_ARGS", "MeshTestCluster", "free_port", "make_cluster", "wait_for"]

@@ -2,7 +2,7 @@
 
 - ``mlserver_bin`` (session): ``.venv-mlserver/bin/mlserver``; the test is skipped with a clear reason only
   when that venv is missing (``make test`` creates it through ``scripts/mlserver_venv.sh``).
-- ``runtime_samples`` (session): the sample models (``runtime_adapters.builtin.samples``) in a temp dir,
+- ``runtime_samples`` (session): the sample models (``runtime_adapters.builtin.samples``) in var/test-models,
   as ``(dir, {id: entry})`` with entries from ``mesh.devtools.demo.sample_entries``.
 - ``AdapterProcess``: ``python -m runtime_adapters.<name> ...`` as a subprocess (its own process group, so
   stopping it also stops the MLServer it started), with an SPI stub and ``child_pids()`` (MLServer's PID).
@@ -61,14 +61,11 @@ def mlserver_bin() -> Path:
 
 
 @pytest.fixture(scope="session")
-def runtime_samples(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
-    import json
+def runtime_samples() -> tuple[Path, dict[str, dict]]:
+    """The session's sample models (var/test-models, generated once per machine), default group by id."""
+    from tests.support.samples import SAMPLES_DIR, ensure_samples
 
-    out = tmp_path_factory.mktemp("runtime-models")
-    subprocess.run([sys.executable, "-m", "runtime_adapters.builtin.samples", "--out", str(out)],
-                   check=True, cwd=REPO_ROOT, capture_output=True)  # fmt: skip
-    manifest = json.loads((out / "manifest.json").read_text())
-    return out, {e["id"]: e for e in sample_entries(manifest)}
+    return SAMPLES_DIR, {e["id"]: e for e in sample_entries(ensure_samples())}
 
 
 def log_tail(path: Path, lines: int = 60) -> str:
