@@ -35,7 +35,13 @@ from typing import Any
 import grpc
 
 from mesh.channels import TlsFiles, aio_channel
-from mesh.client import MeshClientError, cluster_status_dict, model_status_dict, vmodel_status_dict
+from mesh.client import (
+    MeshClientError,
+    cluster_status_dict,
+    model_status_dict,
+    set_vmodel_call,
+    vmodel_status_dict,
+)
 from mesh.clock import SYSTEM_CLOCK, Clock
 from mesh.devtools.cluster import free_port
 from mesh.kv.keys import Keys
@@ -161,19 +167,20 @@ class PodClient:
         update_only: bool = False,
         force: bool = False,
     ) -> dict:
-        req = mm.SetVModelRequest(
-            vModelId=vmodel_id,
-            targetModelId=target,
-            updateOnly=update_only,
-            autoDeleteTargetModel=auto_delete_target,
-            loadNow=load_now,
-            force=force,
-            sync=sync,
-            expectedTargetModelId=expected_target,
+        # the same request the Python client builds (mesh.client.set_vmodel_call)
+        req = set_vmodel_call(
+            vmodel_id,
+            target,
+            model_type,
+            path,
             owner=owner,
-        )
-        if model_type is not None:
-            req.modelInfo.CopyFrom(mm.ModelInfo(type=model_type, path=path))
+            auto_delete_target=auto_delete_target,
+            load_now=load_now,
+            sync=sync,
+            expected_target=expected_target,
+            update_only=update_only,
+            force=force,
+        ).request
         return vmodel_status_dict(await self._call(self._mm.setVModel, req))
 
     async def delete_vmodel(self, vmodel_id: str, owner: str = "") -> None:
