@@ -28,38 +28,9 @@ from typing import Any
 import numpy as np
 
 from mesh.errors import InvalidRequest
+from mesh.v2types import CONTENTS_FIELD, DTYPES
 from protos.inference import grpc_predict_v2_pb2 as v2
 
-#: V2 datatype -> little-endian numpy dtype (BYTES handled apart).
-DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype("?"),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-}
-# typed contents field of each datatype in InferTensorContents (responses from runtimes that do not send raw)
-_CONTENTS = {
-    "BOOL": "bool_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
 MAX_DIMS = 32
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -262,7 +233,7 @@ def _output_raw(t: v2.ModelInferResponse.InferOutputTensor, raw: bytes | None) -
     """The output's raw bytes (V2 raw layout), from raw_output_contents or its typed contents."""
     if raw is not None:
         return raw
-    field = _CONTENTS.get(t.datatype)
+    field = CONTENTS_FIELD.get(t.datatype)
     if field is None:
         raise ValueError(f"output '{t.name}' of datatype {t.datatype} has no raw contents")
     values = list(getattr(t.contents, field))

@@ -22,36 +22,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from mesh.errors import InvalidRequest, MeshError
+from mesh.v2types import CONTENTS_FIELD, DTYPES
 from protos.inference import grpc_predict_v2_pb2 as pb
 
-DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-}
-CONTENTS_FIELD: dict[str, str] = {
-    "BOOL": "bool_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
 _ALL_FIELDS = sorted(set(CONTENTS_FIELD.values()))
 _DATATYPE_OF = {dt: name for name, dt in DTYPES.items()}
 MAX_RANK = 16

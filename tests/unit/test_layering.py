@@ -135,6 +135,7 @@ MESH_LEAVES = (
     "mesh.tracing",
     "mesh.logs",
     "mesh.settingspec",
+    "mesh.v2types",
 )
 
 
