@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httptools
 import psutil
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -153,3 +154,38 @@ def write_results(name: str, payload: dict[str, Any], results_dir: Path = RESULT
 
 def as_dict(obj: Any) -> dict[str, Any]:
     return asdict(obj)
+
+
+class HttpKeepAlive(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 client connection for the REST benchmarks: ``exchange`` writes a whole request
+    and returns the response's status once httptools has parsed it (one request in flight at a time)."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.done: asyncio.Future[int] | None = None
+        self.transport: asyncio.Transport | None = None
+
+    @classmethod
+    async def open(cls, port: int, host: str = "127.0.0.1") -> HttpKeepAlive:
+        _, conn = await asyncio.get_running_loop().create_connection(cls, host, port)
+        return conn
+
+    async def exchange(self, request: bytes) -> int:
+        assert self.transport is not None
+        self.done = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        return await self.done
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_message_complete(self) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_result(self.parser.get_status_code())

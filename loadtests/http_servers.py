@@ -27,7 +27,14 @@ from typing import Any
 
 import httptools
 
-from loadtests.common import cpu_seconds, machine_info, markdown_table, percentile, write_results
+from loadtests.common import (
+    HttpKeepAlive,
+    cpu_seconds,
+    machine_info,
+    markdown_table,
+    percentile,
+    write_results,
+)
 from mesh.devtools.cluster import free_port
 
 BODY = json.dumps(
@@ -126,23 +133,6 @@ def _run_server(kind: str, port: int) -> None:
 # --------------------------------------------------------------------------------------------- client
 
 
-class _Conn(asyncio.Protocol):
-    def __init__(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-        self.done: asyncio.Future[int] | None = None
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.parser.feed_data(data)
-
-    def on_message_complete(self) -> None:
-        if self.done is not None and not self.done.done():
-            self.done.set_result(self.parser.get_status_code())
-
-
 REQUEST = (
     b"POST /v2/models/m/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
     b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
@@ -150,23 +140,17 @@ REQUEST = (
 
 
 async def _worker(port: int, stop_at: float, lat: list[float], errors: list[int]) -> None:
-    loop = asyncio.get_running_loop()
-    _, conn = await loop.create_connection(_Conn, "127.0.0.1", port)
+    conn = await HttpKeepAlive.open(port)
     try:
         while True:
             t0 = time.perf_counter()
             if t0 >= stop_at:
                 return
-            conn.done = loop.create_future()
-            assert conn.transport is not None
-            conn.transport.write(REQUEST)
-            status = await conn.done
-            if status != 200:
+            if await conn.exchange(REQUEST) != 200:
                 errors[0] += 1
             lat.append(time.perf_counter() - t0)
     finally:
-        assert conn.transport is not None
-        conn.transport.close()
+        conn.close()
 
 
 async def drive(port: int, concurrency: int, seconds: float, warmup: float, pid: int) -> dict[str, Any]:

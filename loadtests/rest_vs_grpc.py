@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httptools
-
 from loadtests.common import (
+    HttpKeepAlive,
     closed_loop,
     cpu_seconds,
     machine_info,
@@ -38,43 +37,21 @@ from mesh.devtools.cluster import LocalCluster, pick_base_port
 from mesh.devtools.demo import DEFAULT_MODELS_DIR, ensure_samples, sample_entries
 
 
-class _Conn(asyncio.Protocol):
-    def __init__(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-        self.done: asyncio.Future[int] | None = None
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.parser.feed_data(data)
-
-    def on_message_complete(self) -> None:
-        if self.done is not None and not self.done.done():
-            self.done.set_result(self.parser.get_status_code())
-
-
 async def _rest_worker(
     port: int, request: bytes, stop_at: float, lat: list[float], errors: list[int]
 ) -> None:
-    loop = asyncio.get_running_loop()
-    _, conn = await loop.create_connection(_Conn, "127.0.0.1", port)
+    conn = await HttpKeepAlive.open(port)
     try:
         while True:
             t0 = time.perf_counter()
             if t0 >= stop_at:
                 return
-            conn.done = loop.create_future()
-            assert conn.transport is not None
-            conn.transport.write(request)
-            if await conn.done != 200:
+            if await conn.exchange(request) != 200:
                 errors[0] += 1
                 continue
             lat.append(time.perf_counter() - t0)
     finally:
-        assert conn.transport is not None
-        conn.transport.close()
+        conn.close()
 
 
 async def rest_closed_loop(port: int, request: bytes, concurrency: int, seconds: float, warmup: float,
