@@ -169,16 +169,17 @@ class LocalCache:
         over = self._used - self.capacity
         if over <= 0:
             return []
-        if self.policy is not None:
-            return self._policy_resize_victims(model_id, over, now or entry.loaded_at or entry.load_started)
-        victims = []
-        for v in sorted(self._evictable(exclude=model_id), key=lambda e: e.last_used):
-            if over <= 0:
-                break
-            victims.append(v)
-            over -= v.size
+        candidates = self._evictable(exclude=model_id)
+        if self.policy is None:
+            ordered = sorted(candidates, key=lambda e: e.last_used)
+        else:
+            now = now or entry.loaded_at or entry.load_started
+            ordered = _fresh_last(self.policy.order(candidates, now), now)
+        victims = _take(ordered, over)
         for v in victims:
             self._remove(v)
+        if self.policy is not None:
+            self.policy.evicted(victims, now)
         return victims
 
     def remove(self, model_id: str) -> CacheEntry | None:
@@ -233,13 +234,8 @@ class LocalCache:
             return []
         evictable = self._evictable()
         candidates = [e for e in evictable if e.last_used <= last_used]
-        victims: list[CacheEntry] = []
-        for e in _fresh_last(self.policy.order(candidates, now), now):  # type: ignore[union-attr]
-            if need <= 0:
-                break
-            victims.append(e)
-            need -= e.size
-        if need > 0:
+        victims = _take(_fresh_last(self.policy.order(candidates, now), now), need)  # type: ignore[union-attr]
+        if sum(v.size for v in victims) < need:
             if len(candidates) < len(evictable):
                 raise CapacityExhausted(
                     f"cache is full of models used more recently than this one (needs {size} bytes, "
@@ -250,18 +246,6 @@ class LocalCache:
             )
         return victims
 
-    def _policy_resize_victims(self, model_id: str, over: int, now: int) -> list[CacheEntry]:
-        victims = []
-        for v in _fresh_last(self.policy.order(self._evictable(exclude=model_id), now), now):  # type: ignore[union-attr]
-            if over <= 0:
-                break
-            victims.append(v)
-            over -= v.size
-        for v in victims:
-            self._remove(v)
-        self.policy.evicted(victims, now)  # type: ignore[union-attr]
-        return victims
-
 
 #: An entry loaded less than this long ago goes after every other candidate: the requests that waited for its
 #: load may not have reached the runtime yet, and a policy that judges it by its short history (the cost-aware
@@ -270,7 +254,20 @@ FRESH_MS = 500
 
 
 def _fresh_last(ordered: list[CacheEntry], now: int) -> list[CacheEntry]:
-    fresh = [e for e in ordered if e.loaded_at and now - e.loaded_at < FRESH_MS]
-    if not fresh:
-        return ordered
-    return [e for e in ordered if not (e.loaded_at and now - e.loaded_at < FRESH_MS)] + fresh
+    """``ordered`` with the entries loaded less than ``FRESH_MS`` ago moved to the end (each part keeps its order)."""
+    settled: list[CacheEntry] = []
+    fresh: list[CacheEntry] = []
+    for e in ordered:
+        (fresh if e.loaded_at and now - e.loaded_at < FRESH_MS else settled).append(e)
+    return settled + fresh
+
+
+def _take(ordered: list[CacheEntry], need: int) -> list[CacheEntry]:
+    """The first entries of ``ordered`` whose sizes add up to ``need`` (all of them if they do not reach it)."""
+    victims: list[CacheEntry] = []
+    for e in ordered:
+        if need <= 0:
+            break
+        victims.append(e)
+        need -= e.size
+    return victims
