@@ -81,8 +81,10 @@ class HttpServer:
     async def start(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None) -> int:
         """Listen on ``host:port`` (HTTPS when ``ssl_context`` is given: the pod's TLS settings); returns the port."""
         loop = asyncio.get_running_loop()
+        # a TLS handshake is held to the same bound as a request: a client that opens and stalls holds nothing long
+        tls = {"ssl": ssl_context, "ssl_handshake_timeout": self.read_timeout_s} if ssl_context else {}
         self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, reuse_address=True, ssl=ssl_context
+            lambda: _Connection(self), host, port, reuse_address=True, **tls
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
