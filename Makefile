@@ -29,16 +29,22 @@ ray-venv:
 demo: $(STAMP)
 	$(BIN)/python -m mesh.devtools.demo
 
+# The default suite runs in TEST_WORKERS pytest-xdist workers, each with its own etcd and temp folders;
+# --dist loadscope keeps a module's tests (and its module-scoped pods) on one worker. TEST_WORKERS=0 runs it
+# in this process, serially.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
+
 test: $(STAMP) $(MLSERVER_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(XDIST)
 
 # Line coverage of mesh/, puller/ and runtime_adapters/, the pod and runtime subprocesses included
 # ([tool.coverage.*] in pyproject.toml); report on the terminal and in var/coverage/html.
 coverage: $(STAMP) $(MLSERVER_STAMP)
 	rm -rf var/coverage && mkdir -p var/coverage
-	$(BIN)/python -m pytest -q --cov --cov-config=pyproject.toml --cov-report=term --cov-report=html:var/coverage/html
+	$(BIN)/python -m pytest -q $(XDIST) --cov --cov-config=pyproject.toml --cov-report=term --cov-report=html:var/coverage/html
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

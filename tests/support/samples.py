@@ -1,8 +1,10 @@
 """Sample models for integration tests, generated once per machine into ``var/test-models`` (the generator
-is idempotent) and described by its manifest.json."""
+is idempotent) and described by its manifest.json. ``make test`` runs several pytest workers: the first to
+get here generates under a file lock while the others wait for it, then find the manifest current."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
 import sys
@@ -16,12 +18,19 @@ MANY = 40
 
 
 def ensure_samples(out: Path = SAMPLES_DIR, many: int = MANY) -> dict:
-    subprocess.run(
-        [sys.executable, "-m", "runtime_adapters.builtin.samples", "--out", str(out), "--many", str(many)],
-        check=True,
-        cwd=REPO,
-        capture_output=True,
-    )
+    generate = [
+        sys.executable,
+        "-m",
+        "runtime_adapters.builtin.samples",
+        "--out",
+        str(out),
+        "--many",
+        str(many),
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        subprocess.run(generate, check=True, cwd=REPO, capture_output=True)
     return json.loads((out / "manifest.json").read_text())
 
 
