@@ -20,6 +20,9 @@ the load/unload flow, sizing and the server's up/down state:
   dropped from the table (the server lost them), the state is FAILING and loads fail UNAVAILABLE (a
   retryable status); the mesh then gets NOT_FOUND from the restarted server and reloads on demand.
   ``server_up`` also reconciles with RepositoryIndex, so a server that kept its models keeps them here.
+  A load whose layout was under way when the server went down (``server_down`` removes every folder,
+  the one being written included) fails UNAVAILABLE too, never as a failure of the model: each down
+  starts a new server epoch, and a layout error from an earlier epoch is the server's, not the model's.
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ class RepositoryAdapter(RuntimeAdapter):
         self._io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rt-repo-io")
         self._sweeps: set[asyncio.Task] = set()
         self._server_version = ""
+        self._server_epoch = 0  # server_down calls so far: a load that spans one lost its folder
         repo_dir.mkdir(parents=True, exist_ok=True)
         self._remove_all_folders()  # left by an earlier run; the server is told to unload them in server_up
 
@@ -123,6 +127,7 @@ class RepositoryAdapter(RuntimeAdapter):
     def server_down(self, reason: str) -> list[str]:
         """The server is gone (or unreachable): forget every model it held. Returns the dropped ids."""
         lost = list(self._models)
+        self._server_epoch += 1
         self._models.clear()
         self._warm_types.clear()
         was_ready = self._state is AdapterState.READY
@@ -186,6 +191,7 @@ class RepositoryAdapter(RuntimeAdapter):
         if existing is not None:
             return existing.size.size_bytes
         self._check_up()
+        epoch = self._server_epoch
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         folder = self.repo_dir / model_id
@@ -193,6 +199,12 @@ class RepositoryAdapter(RuntimeAdapter):
             await loop.run_in_executor(self._io, self._layout, model_id, model_type, artifact, folder)
         except LayoutProblem as exc:
             raise ModelLoadFailed(model_id, str(exc)) from exc
+        except OSError as exc:
+            if self._server_epoch != epoch:  # server_down removed the folder while it was being written
+                raise RuntimeUnavailable(
+                    f"{self.server_name} went down while {model_id} was being laid out ({self._message})"
+                ) from exc
+            raise
         rss_delta, device_delta = await self._load_measured(model_id, model_type)
         self._check_up()  # the server died during the load: the model is not there
         size = self.sizes.measured(model_type, artifact.disk_size_bytes, rss_delta)

@@ -125,3 +125,51 @@ def test_process_tree_meter_and_delta():
     assert delta(MemorySample(100, None), MemorySample(350, None)) == (250, None)
     assert delta(MemorySample(100, 10), MemorySample(90, 30)) == (-10, 20)
     assert delta(None, MemorySample(1, None)) == (None, None)
+
+
+class _IdleServer:
+    """The adapter's view of a model server that answers ready and holds nothing (only ``server_up`` asks)."""
+
+    address = "127.0.0.1:1"
+
+    async def version(self) -> str:
+        return "test"
+
+    async def index(self) -> dict[str, str]:
+        return {}
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_server_lost_during_a_layout_fails_the_load_unavailable_not_the_model(tmp_path):
+    """MLServer killed while a load writes its folder: server_down removes every folder, the one being
+    written included. The load must fail as the server's outage (UNAVAILABLE, retried by the mesh), not
+    as the model's failure (the mesh would remember that for the load-failure expiry)."""
+    from mesh.errors import RuntimeUnavailable
+    from puller.pull import LocalArtifact
+    from runtime_adapters.sizing import SizeModel
+
+    class DiesMidLayout(MLServerAdapter):
+        def write_layout(self, model_id, model_type, artifact_path, folder, root=None):
+            folder.mkdir(parents=True)
+            self.server_down("MLServer exited with code -9")  # as the supervisor's callback would, meanwhile
+            (folder / ".model-settings.json.tmp").write_text("{}")  # FileNotFoundError: the folder is gone
+
+    art = tmp_path / "m"
+    art.mkdir()
+    (art / "model.joblib").write_bytes(b"x")
+    adapter = DiesMidLayout(
+        client=_IdleServer(),
+        repo_dir=tmp_path / "repo",
+        capacity_bytes=1 << 30,
+        sizes=SizeModel(),
+        meter=None,
+    )
+    await adapter.server_up()
+    try:
+        with pytest.raises(RuntimeUnavailable, match="went down while m1 was being laid out"):
+            await adapter.load("m1", "sklearn", LocalArtifact("m1", art, 1), "")
+        assert adapter.loaded_models() == []
+    finally:
+        await adapter.close()
