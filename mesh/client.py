@@ -14,10 +14,12 @@ addresses and move to the next one when a call fails with UNAVAILABLE.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import struct
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from mesh.v2types import CONTENTS_FIELD, DTYPES
 from protos.inference import grpc_predict_v2_pb2 as v2
 from protos.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from protos.meshadmin import admin_pb2, admin_pb2_grpc
@@ -36,24 +39,14 @@ VMODEL_ID_HEADER = "mm-vmodel-id"
 DEFAULT_INPUT_NAME = "input-0"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
-# numpy dtype -> (V2 datatype, InferTensorContents field). Typed contents of narrow ints travel widened,
-# as the V2 protocol prescribes (INT8/16 in int_contents, UINT8/16 in uint_contents).
-_DTYPE_TO_V2: dict[str, tuple[str, str | None]] = {
-    "bool": ("BOOL", "bool_contents"),
-    "int8": ("INT8", "int_contents"),
-    "int16": ("INT16", "int_contents"),
-    "int32": ("INT32", "int_contents"),
-    "int64": ("INT64", "int64_contents"),
-    "uint8": ("UINT8", "uint_contents"),
-    "uint16": ("UINT16", "uint_contents"),
-    "uint32": ("UINT32", "uint_contents"),
-    "uint64": ("UINT64", "uint64_contents"),
-    "float16": ("FP16", None),  # no typed field: raw only
-    "float32": ("FP32", "fp32_contents"),
-    "float64": ("FP64", "fp64_contents"),
-}
+# V2 datatype -> (numpy dtype, its typed InferTensorContents field or None: FP16 travels raw only), and numpy
+# dtype name -> (V2 datatype, field); from the one table in mesh.v2types. Narrow ints travel widened in the
+# typed fields, as the V2 protocol prescribes (INT8/16 in int_contents, UINT8/16 in uint_contents).
 _V2_TO_DTYPE: dict[str, tuple[np.dtype, str | None]] = {
-    v2name: (np.dtype(dt), fld) for dt, (v2name, fld) in _DTYPE_TO_V2.items()
+    name: (dtype, CONTENTS_FIELD.get(name)) for name, dtype in DTYPES.items()
+}
+_DTYPE_TO_V2: dict[str, tuple[str, str | None]] = {
+    dtype.name: (name, fld) for name, (dtype, fld) in _V2_TO_DTYPE.items()
 }
 
 
@@ -318,6 +311,39 @@ class Call:
     metadata: tuple[tuple[str, str], ...] = ()
 
 
+class Rpc:
+    """A client method declared once for both clients: ``build`` makes the ``Call`` from the method's
+    arguments (its signature and docstring are the method's), ``convert`` turns the response into what the
+    method returns. ``MeshClient`` runs it and returns the result; ``AsyncMeshClient`` returns a coroutine."""
+
+    def __init__(self, build: Callable[..., Call], convert: Callable[[Any], Any] | None = None) -> None:
+        self.build = build
+        self.convert = convert or _nothing
+        returns = "None" if convert is None else inspect.signature(convert).return_annotation
+        self.signature = inspect.signature(build).replace(return_annotation=returns)
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, client: ClientCore | None, owner: type | None = None) -> Any:
+        if client is None:
+            return self
+        method = client._method(self)
+        functools.update_wrapper(method, self.build)
+        method.__name__ = method.__qualname__ = self.name
+        method.__signature__ = self.signature
+        del method.__wrapped__
+        return method
+
+
+def _nothing(response: Any) -> None:
+    return None
+
+
+def _response(response: v2.ModelInferResponse) -> v2.ModelInferResponse:
+    return response
+
+
 def parse_addresses(addresses: str | Sequence[str]) -> list[str]:
     """``"a:1,b:2"`` or ``["a:1", "b:2"]`` → ``["a:1", "b:2"]`` (blanks dropped; at least one)."""
     items = addresses.split(",") if isinstance(addresses, str) else [str(a) for a in addresses]
@@ -339,6 +365,9 @@ def register_call(
     max_copies: int = 0,
     owner: str = "",
 ) -> Call:
+    """Register a model. ``min_copies``/``max_copies`` (0 = default) bound how many copies the mesh keeps;
+    they travel as the ``mm-min-copies``/``mm-max-copies`` headers (a mesh extension), as does ``owner``
+    (``mm-owner``: who manages the registration; ``mesh apply`` sets it). Returns the model's status."""
     req = mm.RegisterModelRequest(
         modelId=model_id,
         modelInfo=mm.ModelInfo(type=model_type, path=path, key=key),
@@ -353,6 +382,21 @@ def register_call(
     if owner:
         md.append(("mm-owner", owner))
     return Call("mm", "registerModel", req, tuple(md))
+
+
+def unregister_call(model_id: str) -> Call:
+    """Unregister a model (its copies are unloaded)."""
+    return Call("mm", "unregisterModel", mm.UnregisterModelRequest(modelId=model_id))
+
+
+def status_call(model_id: str) -> Call:
+    """The model's status and its copies."""
+    return Call("mm", "getModelStatus", mm.GetStatusRequest(modelId=model_id))
+
+
+def ensure_loaded_call(model_id: str, sync: bool = False) -> Call:
+    """Load the model somewhere if no copy is loaded (``sync``: answer once it is); returns its status."""
+    return Call("mm", "ensureLoaded", mm.EnsureLoadedRequest(modelId=model_id, sync=sync))
 
 
 def set_vmodel_call(
@@ -370,6 +414,8 @@ def set_vmodel_call(
     update_only: bool = False,
     force: bool = False,
 ) -> Call:
+    """Create or move a vModel (an alias) to ``target_model_id``, registering that model first when its
+    ``model_type``/``path``/``key`` are given. Returns the vModel's status."""
     req = mm.SetVModelRequest(
         vModelId=vmodel_id,
         targetModelId=target_model_id,
@@ -386,6 +432,16 @@ def set_vmodel_call(
     return Call("mm", "setVModel", req)
 
 
+def delete_vmodel_call(vmodel_id: str, owner: str = "") -> Call:
+    """Delete a vModel (and its target model when it was set with ``auto_delete_target``)."""
+    return Call("mm", "deleteVModel", mm.DeleteVModelRequest(vModelId=vmodel_id, owner=owner))
+
+
+def vmodel_status_call(vmodel_id: str, owner: str = "") -> Call:
+    """The vModel's status: its active and target models."""
+    return Call("mm", "getVModelStatus", mm.GetVModelStatusRequest(vModelId=vmodel_id, owner=owner))
+
+
 def cluster_status_call(
     include_models: bool = True,
     *,
@@ -396,6 +452,7 @@ def cluster_status_call(
     status: str = "",
     pod: str = "",
 ) -> Call:
+    """One page of models (``next_page_token`` continues it; empty on the last page), with the pods."""
     req = admin_pb2.ClusterStatusRequest(
         include_models=include_models,
         page_size=page_size,
@@ -417,12 +474,16 @@ def infer_call(
     datatype: str | None = None,
     input_name: str = DEFAULT_INPUT_NAME,
 ) -> Call:
+    """Run ModelInfer on ``model_id`` (a vModel id with ``vmodel=True``) through the mesh and return the
+    outputs as numpy arrays by name. ``inputs`` is ``{name: array-like}`` or one array-like (a list of rows),
+    sent as ``input_name``."""
     req = build_infer_request(model_id, inputs, raw=raw, datatype=datatype, input_name=input_name)
     header = VMODEL_ID_HEADER if vmodel else MODEL_ID_HEADER
     return Call("v2", "ModelInfer", req, ((header, model_id),))
 
 
 def infer_raw_call(request: v2.ModelInferRequest, *, vmodel: bool = False) -> Call:
+    """Send a prepared ModelInferRequest (its ``model_name`` names the model) and return the response."""
     header = VMODEL_ID_HEADER if vmodel else MODEL_ID_HEADER
     return Call("v2", "ModelInfer", request, ((header, request.model_name),))
 
@@ -457,18 +518,16 @@ def _read(path: str | None) -> bytes | None:
 
 
 # --------------------------------------------------------------------------------------------------------
-# The client
+# The client core (shared by MeshClient and mesh.aio_client.AsyncMeshClient, which differ only in how a call
+# is sent and awaited)
 
 
-class MeshClient:
-    """Synchronous client of a mesh: one or several pod addresses. Use as a context manager, or ``close()``.
+class ClientCore:
+    """Addresses, TLS credentials, the channel and stubs per address, and which address answered last.
 
-    ``target`` is ``host:port``, a comma-separated list of them, or a sequence. Calls go to the address that
-    answered last; a call that fails with UNAVAILABLE (the pod is gone, unreachable or cannot act) is tried
-    on the next address, each address at most once per call, all within the call's deadline (``timeout``
-    seconds). Any of ``tls_ca``/``tls_cert``/``tls_key`` (PEM file paths) switches to TLS; ``tls_cert`` +
-    ``tls_key`` present a client certificate (mTLS).
-    """
+    ``target`` is ``host:port``, a comma-separated list of them, or a sequence. Any of
+    ``tls_ca``/``tls_cert``/``tls_key`` (PEM file paths) switches to TLS; ``tls_cert`` + ``tls_key`` present a
+    client certificate (mTLS). ``timeout`` (seconds) is every call's deadline, failovers included."""
 
     def __init__(
         self,
@@ -482,16 +541,120 @@ class MeshClient:
         self.addresses = parse_addresses(target)
         self.timeout = timeout
         self._creds = channel_credentials(tls_ca, tls_cert, tls_key)
-        self._channels: dict[int, grpc.Channel] = {}
+        self._channels: dict[int, Any] = {}
         self._stubs: dict[int, dict[str, Any]] = {}
         self._current = 0
         self.failovers = 0  # calls that moved on to another address (observability, tests)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the channel table, for MeshClient's callers on several threads
 
     @property
     def target(self) -> str:
         """The address calls go to now."""
         return self.addresses[self._current]
+
+    def _open(self, index: int, api: Any) -> dict[str, Any]:
+        """A channel to address ``index`` through ``api`` (``grpc`` or ``grpc.aio``) and its three stubs."""
+        address = self.addresses[index]
+        if self._creds is None:
+            channel = api.insecure_channel(address, options=CHANNEL_OPTIONS)
+        else:
+            channel = api.secure_channel(address, self._creds, options=CHANNEL_OPTIONS)
+        self._channels[index] = channel
+        stubs = self._stubs[index] = {
+            "mm": mm_grpc.ModelMeshStub(channel),
+            "admin": admin_pb2_grpc.MeshAdminStub(channel),
+            "v2": v2_grpc.GRPCInferenceServiceStub(channel),
+        }
+        return stubs
+
+    def _take_channels(self) -> list[Any]:
+        channels, self._channels, self._stubs = list(self._channels.values()), {}, {}
+        return channels
+
+    def _failover(self, timeout: float | None) -> Failover:
+        return Failover(self, self.timeout if timeout is None else timeout)
+
+    def _method(self, rpc: Rpc) -> Callable[..., Any]:
+        """``rpc`` as this client's method: sent and converted, or a coroutine doing so (asyncio)."""
+        raise NotImplementedError
+
+    # --- the API: one declaration per method, for both clients (the docs are the builders')
+
+    register = Rpc(register_call, model_status_dict)
+    unregister = Rpc(unregister_call)
+    status = Rpc(status_call, model_status_dict)
+    ensure_loaded = Rpc(ensure_loaded_call, model_status_dict)
+    set_vmodel = Rpc(set_vmodel_call, vmodel_status_dict)
+    delete_vmodel = Rpc(delete_vmodel_call)
+    vmodel_status = Rpc(vmodel_status_call, vmodel_status_dict)
+    cluster_status_page = Rpc(cluster_status_call, cluster_status_dict)
+    infer = Rpc(infer_call, decode_outputs)
+    infer_raw = Rpc(infer_raw_call, _response)
+
+
+class Failover:
+    """One call's walk over a client's addresses: the one that answered last first, then the next ones, each
+    at most once, all within one deadline. The client sends; this decides what comes next:
+
+        walk = client._failover(timeout)
+        for index, remaining in walk:
+            try:
+                response = send(index, remaining)
+            except grpc.RpcError as exc:
+                walk.failed(exc)  # raises MeshClientError unless the status is UNAVAILABLE
+                continue
+            return walk.answered(index, response)
+        raise walk.exhausted()
+    """
+
+    def __init__(self, client: ClientCore, timeout: float) -> None:
+        self._client = client
+        self._timeout = timeout
+        self._deadline = time.monotonic() + timeout
+        self._start = client._current
+        self._step = 0
+        self._last: grpc.RpcError | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, float]]:
+        count = len(self._client.addresses)
+        for step in range(count):
+            remaining = self._deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._step = step
+            yield (self._start + step) % count, remaining
+
+    def failed(self, exc: grpc.RpcError) -> None:
+        if not fails_over(exc):
+            raise MeshClientError.from_rpc(exc) from exc
+        self._last = exc
+        self._client.failovers += self._step < len(self._client.addresses) - 1
+
+    def answered(self, index: int, response: Any) -> Any:
+        self._client._current = index
+        return response
+
+    def exhausted(self) -> MeshClientError:
+        """The error to raise when no address answered: the last UNAVAILABLE, or the deadline."""
+        if self._last is None:
+            return MeshClientError("DEADLINE_EXCEEDED", f"no answer within {self._timeout}s")
+        self._client._current = (self._start + 1) % len(self._client.addresses)  # start elsewhere next time
+        error = MeshClientError.from_rpc(self._last)
+        error.__cause__ = self._last
+        return error
+
+
+# --------------------------------------------------------------------------------------------------------
+# The client
+
+
+class MeshClient(ClientCore):
+    """Synchronous client of a mesh: one or several pod addresses. Use as a context manager, or ``close()``.
+
+    Arguments as ``ClientCore``. Calls go to the address that answered last; a call that fails with
+    UNAVAILABLE (the pod is gone, unreachable or cannot act) is tried on the next address, each address at
+    most once per call, all within the call's deadline. Thread-safe.
+    """
 
     def __enter__(self) -> MeshClient:
         return self
@@ -501,140 +664,33 @@ class MeshClient:
 
     def close(self) -> None:
         with self._lock:
-            channels, self._channels, self._stubs = list(self._channels.values()), {}, {}
+            channels = self._take_channels()
         for ch in channels:
             ch.close()
 
     def _stub(self, index: int, name: str):
         with self._lock:
-            stubs = self._stubs.get(index)
-            if stubs is None:
-                address = self.addresses[index]
-                if self._creds is None:
-                    ch = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-                else:
-                    ch = grpc.secure_channel(address, self._creds, options=CHANNEL_OPTIONS)
-                self._channels[index] = ch
-                stubs = self._stubs[index] = {
-                    "mm": mm_grpc.ModelMeshStub(ch),
-                    "admin": admin_pb2_grpc.MeshAdminStub(ch),
-                    "v2": v2_grpc.GRPCInferenceServiceStub(ch),
-                }
+            stubs = self._stubs.get(index) or self._open(index, grpc)
             return stubs[name]
 
     def _run(self, call: Call, timeout: float | None = None) -> Any:
         """``call`` on the current address, then (on UNAVAILABLE) on the next ones, within one deadline."""
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        start = self._current
-        last: grpc.RpcError | None = None
-        for step in range(len(self.addresses)):
-            index = (start + step) % len(self.addresses)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
+        walk = self._failover(timeout)
+        for index, remaining in walk:
             try:
                 fn = getattr(self._stub(index, call.stub), call.method)
-                resp = fn(call.request, metadata=call.metadata, timeout=remaining)
+                response = fn(call.request, metadata=call.metadata, timeout=remaining)
             except grpc.RpcError as exc:
-                if not fails_over(exc):
-                    raise MeshClientError.from_rpc(exc) from exc
-                last = exc
-                self.failovers += step < len(self.addresses) - 1
+                walk.failed(exc)
                 continue
-            self._current = index
-            return resp
-        if last is None:
-            raise MeshClientError("DEADLINE_EXCEEDED", f"no answer within {self.timeout}s")
-        self._current = (start + 1) % len(self.addresses)  # start elsewhere next time
-        raise MeshClientError.from_rpc(last) from last
+            return walk.answered(index, response)
+        raise walk.exhausted()
 
-    # --- models
+    def _method(self, rpc: Rpc) -> Callable[..., Any]:
+        def method(*args: Any, **kwargs: Any) -> Any:
+            return rpc.convert(self._run(rpc.build(*args, **kwargs)))
 
-    def register(
-        self,
-        model_id: str,
-        model_type: str,
-        path: str,
-        key: str = "",
-        load_now: bool = False,
-        sync: bool = False,
-        *,
-        min_copies: int = 0,
-        max_copies: int = 0,
-        owner: str = "",
-    ) -> dict[str, Any]:
-        """Register a model. ``min_copies``/``max_copies`` (0 = default) bound how many copies the mesh
-        keeps; they travel as the ``mm-min-copies``/``mm-max-copies`` headers (a mesh extension), as does
-        ``owner`` (``mm-owner``: who manages the registration; ``mesh apply`` sets it)."""
-        call = register_call(
-            model_id, model_type, path, key, load_now, sync, min_copies=min_copies, max_copies=max_copies,
-            owner=owner,
-        )  # fmt: skip
-        return model_status_dict(self._run(call))
-
-    def unregister(self, model_id: str) -> None:
-        self._run(Call("mm", "unregisterModel", mm.UnregisterModelRequest(modelId=model_id)))
-
-    def status(self, model_id: str) -> dict[str, Any]:
-        return model_status_dict(
-            self._run(Call("mm", "getModelStatus", mm.GetStatusRequest(modelId=model_id)))
-        )
-
-    def ensure_loaded(self, model_id: str, sync: bool = False) -> dict[str, Any]:
-        call = Call("mm", "ensureLoaded", mm.EnsureLoadedRequest(modelId=model_id, sync=sync))
-        return model_status_dict(self._run(call))
-
-    # --- vmodels
-
-    def set_vmodel(
-        self,
-        vmodel_id: str,
-        target_model_id: str,
-        model_type: str | None = None,
-        path: str | None = None,
-        key: str | None = None,
-        *,
-        owner: str = "",
-        auto_delete_target: bool = False,
-        load_now: bool = False,
-        sync: bool = False,
-        expected_target: str = "",
-        update_only: bool = False,
-        force: bool = False,
-    ) -> dict[str, Any]:
-        call = set_vmodel_call(
-            vmodel_id, target_model_id, model_type, path, key, owner=owner,
-            auto_delete_target=auto_delete_target, load_now=load_now, sync=sync,
-            expected_target=expected_target, update_only=update_only, force=force,
-        )  # fmt: skip
-        return vmodel_status_dict(self._run(call))
-
-    def delete_vmodel(self, vmodel_id: str, owner: str = "") -> None:
-        self._run(Call("mm", "deleteVModel", mm.DeleteVModelRequest(vModelId=vmodel_id, owner=owner)))
-
-    def vmodel_status(self, vmodel_id: str, owner: str = "") -> dict[str, Any]:
-        call = Call("mm", "getVModelStatus", mm.GetVModelStatusRequest(vModelId=vmodel_id, owner=owner))
-        return vmodel_status_dict(self._run(call))
-
-    # --- cluster
-
-    def cluster_status_page(
-        self,
-        include_models: bool = True,
-        *,
-        page_size: int = 0,
-        page_token: str = "",
-        model_id_glob: str = "",
-        model_type: str = "",
-        status: str = "",
-        pod: str = "",
-    ) -> dict[str, Any]:
-        """One page of models (``next_page_token`` continues it; empty on the last page), with the pods."""
-        call = cluster_status_call(
-            include_models, page_size=page_size, page_token=page_token, model_id_glob=model_id_glob,
-            model_type=model_type, status=status, pod=pod,
-        )  # fmt: skip
-        return cluster_status_dict(self._run(call))
+        return method
 
     def cluster_status(
         self,
@@ -658,30 +714,8 @@ class MeshClient:
             if not token or not include_models:
                 return merge_pages(pages)
 
-    # --- inference
-
-    def infer(
-        self,
-        model_id: str,
-        inputs: Mapping[str, Any] | Sequence[Any] | np.ndarray,
-        *,
-        vmodel: bool = False,
-        raw: bool = False,
-        datatype: str | None = None,
-        input_name: str = DEFAULT_INPUT_NAME,
-    ) -> dict[str, np.ndarray]:
-        """Run ModelInfer on ``model_id`` (a vModel id with ``vmodel=True``) through the mesh and return
-        the outputs as numpy arrays by name. ``inputs`` is ``{name: array-like}`` or one array-like (a list
-        of rows), sent as ``input_name``."""
-        call = infer_call(model_id, inputs, vmodel=vmodel, raw=raw, datatype=datatype, input_name=input_name)
-        return decode_outputs(self._run(call))
-
-    def infer_raw(self, request: v2.ModelInferRequest, *, vmodel: bool = False) -> v2.ModelInferResponse:
-        """Send a prepared ModelInferRequest (its ``model_name`` names the model) and return the response."""
-        return self._run(infer_raw_call(request, vmodel=vmodel))
-
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Block until a channel to one of the addresses connects (not the same as health SERVING)."""
+        """Wait until a channel to one of the addresses connects (not the same as health SERVING)."""
         deadline = time.monotonic() + timeout
         while True:
             for index in range(len(self.addresses)):

@@ -58,13 +58,23 @@ async def servers():
 
 
 def test_same_api_surface() -> None:
-    public = {n for n in dir(MeshClient) if not n.startswith("_")}
-    assert public == {n for n in dir(AsyncMeshClient) if not n.startswith("_")}
+    """Every method of one client is on the other with the same signature, awaited there; the methods
+    declared once (``Rpc``) carry their builder's parameters and docs."""
+    sync, aio = MeshClient("127.0.0.1:1"), AsyncMeshClient("127.0.0.1:1")
+    public = {n for n in dir(sync) if not n.startswith("_")}
+    assert public == {n for n in dir(aio) if not n.startswith("_")}
+    methods = 0
     for name in public:
-        a, b = getattr(MeshClient, name), getattr(AsyncMeshClient, name)
+        a, b = getattr(sync, name), getattr(aio, name)
         if callable(a):
-            assert inspect.iscoroutinefunction(b), name
+            methods += 1
+            assert not inspect.iscoroutinefunction(a) and inspect.iscoroutinefunction(b), name
             assert inspect.signature(a) == inspect.signature(b), name
+            assert a.__name__ == b.__name__ == name and a.__doc__ == b.__doc__, name
+    assert methods == 13  # 10 declared once (Rpc), cluster_status, wait_ready, close
+    assert list(inspect.signature(sync.register).parameters)[:3] == ["model_id", "model_type", "path"]
+    assert "mm-min-copies" in sync.register.__doc__
+    sync.close()
 
 
 def test_parse_addresses() -> None:
