@@ -29,7 +29,7 @@ from mesh.settingspec import (
     Given,
     NotA,
     SettingError,
-    allowed_text,
+    add_flags,
     default_of,
     failure,
     file_contents,
@@ -493,11 +493,7 @@ def flag_name(f: dataclasses.Field) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one flag per setting (default None, so unset flags do not override env/config)."""
     parser.add_argument("--config", default=None, help="JSON config file (keys are setting names).")
-    for f in _fields():
-        spec = spec_of(f)
-        aliases = "".join(f", {a.env}" for a in spec.aliases)
-        help_ = f"{spec.doc} [{allowed_text(f)}; env {spec.env}{aliases}; default {default_of(f)!r}]"
-        parser.add_argument(flag_name(f), dest=f.name, default=None, help=help_.replace("%", "%%"))
+    add_flags(parser, MeshSettings)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ dependency. Pure: nothing here reads the environment; callers pass the mapping i
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -419,6 +420,25 @@ def allowed_text(f: dataclasses.Field) -> str:
         "paths": f"{os.pathsep}-separated paths",
         "path": "path",
     }.get(kind, spec.what or "string")
+
+
+def add_flags(
+    parser: argparse.ArgumentParser, cls: type, *, exclude: Iterable[str] = (), repeatable: Iterable[str] = ()
+) -> None:
+    """One flag per setting of ``cls`` (``flag_name``; default None, so a flag not given leaves the
+    environment's or the config file's value), its help naming the allowed values, the variable (with its
+    aliases) and the default. ``repeatable`` settings take their flag several times (argparse ``append``)."""
+    skip, many = set(exclude), set(repeatable)
+    for f in specced_fields(cls):
+        if f.name in skip:
+            continue
+        spec = spec_of(f)
+        aliases = "".join(f", {a.env}" for a in spec.aliases)
+        help_ = f"{spec.doc} [{allowed_text(f)}; env {spec.env}{aliases}; default {default_of(f)!r}]"
+        action = "append" if f.name in many else "store"
+        parser.add_argument(
+            flag_name(f), dest=f.name, default=None, action=action, help=help_.replace("%", "%%")
+        )
 
 
 def describe_fields(cls: type) -> list[dict[str, Any]]:

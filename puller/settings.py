@@ -19,13 +19,11 @@ from typing import Any
 from mesh.settingspec import (
     Alias,
     Given,
-    allowed_text,
+    add_flags,
     build,
-    default_of,
     flag_name,
     from_environment,
     setting,
-    spec_of,
     specced_fields,
 )
 
@@ -168,10 +166,4 @@ RUNTIME_OWNED = ("model_dir", "local_roots", "storage_config")
 
 def add_arguments(parser: argparse.ArgumentParser, *, exclude: Iterable[str] = RUNTIME_OWNED) -> None:
     """The puller's flags on a runtime process (``--puller-*``; default None, so the environment stays)."""
-    skip = set(exclude)
-    for f in specced_fields(PullerSettings):
-        if f.name in skip:
-            continue
-        spec = spec_of(f)
-        help_ = f"{spec.doc} [{allowed_text(f)}; env {spec.env}; default {default_of(f)!r}]"
-        parser.add_argument(flag_name(f), dest=f.name, default=None, help=help_.replace("%", "%%"))
+    add_flags(parser, PullerSettings, exclude=exclude)

@@ -20,7 +20,7 @@ from puller.settings import PullerSettings
 from puller.settings import add_arguments as add_puller_arguments
 from runtime_adapters.repository_adapter import RepositoryAdapter
 from runtime_adapters.server import ModelRuntimeServicer, start_server
-from runtime_adapters.settings import RuntimeSettings, add_arguments
+from runtime_adapters.settings import RuntimeSettings, add_arguments, puller_settings_for
 
 log = logging.getLogger("runtime_adapters.repository")
 
@@ -36,14 +36,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
 
 def build_settings(args: argparse.Namespace) -> tuple[RuntimeSettings, PullerSettings]:
     settings = RuntimeSettings.from_args(args)
-    puller_overrides: dict = {}
-    if settings.model_dir is not None:
-        puller_overrides["model_dir"] = settings.model_dir
-    if settings.local_roots:
-        puller_overrides["local_roots"] = tuple(p.resolve() for p in settings.local_roots)
-    if settings.storage_config is not None:
-        puller_overrides["storage_config"] = settings.storage_config
-    return settings, PullerSettings.from_args(args, **puller_overrides)
+    return settings, puller_settings_for(settings, args)
 
 
 def repo_dir(args: argparse.Namespace, puller_settings: PullerSettings, server: str) -> Path:

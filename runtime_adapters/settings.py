@@ -13,23 +13,24 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from mesh.logs import configure_logging
 from mesh.settingspec import (
     Given,
     SettingError,
-    allowed_text,
+    add_flags,
     build,
-    default_of,
     flag_name,
     from_environment,
     setting,
-    spec_of,
     specced_fields,
 )
+from puller.settings import PullerSettings
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -181,16 +182,7 @@ class RuntimeSettings:
 
 def add_arguments(parser: argparse.ArgumentParser, *, exclude: Iterable[str] = ()) -> None:
     """One flag per runtime setting (default None: unset flags do not override the environment)."""
-    skip = set(exclude)
-    for f in specced_fields(RuntimeSettings):
-        if f.name in skip:
-            continue
-        spec = spec_of(f)
-        help_ = f"{spec.doc} [{allowed_text(f)}; env {spec.env}; default {default_of(f)!r}]"
-        action = "append" if f.name == "local_roots" else "store"
-        parser.add_argument(
-            flag_name(f), dest=f.name, default=None, action=action, help=help_.replace("%", "%%")
-        )
+    add_flags(parser, RuntimeSettings, exclude=exclude, repeatable=("local_roots",))
 
 
 def derive_capacity(*, container_mem: int | None, buffer: int, cgroup_limit: int | None = None) -> int:
@@ -222,3 +214,30 @@ def _int_or_none(raw: str | None) -> int | None:
         return int(raw) if raw and raw.strip() else None
     except ValueError:
         return None
+
+
+def puller_settings_for(settings: RuntimeSettings, args: argparse.Namespace) -> PullerSettings:
+    """The puller's settings in a runtime process: its ``--puller-*`` flags over the environment, and the
+    folders the runtime owns (model dir, local roots, storage config) taken from the runtime's settings."""
+    owned: dict[str, Any] = {}
+    if settings.model_dir is not None:
+        owned["model_dir"] = settings.model_dir
+    if settings.local_roots:
+        owned["local_roots"] = tuple(p.resolve() for p in settings.local_roots)
+    if settings.storage_config is not None:
+        owned["storage_config"] = settings.storage_config
+    return PullerSettings.from_args(args, **owned)
+
+
+def settings_or_usage_error(
+    args: argparse.Namespace, build: Callable[[argparse.Namespace], tuple[RuntimeSettings, PullerSettings]]
+) -> tuple[RuntimeSettings, PullerSettings]:
+    """A runtime process's start: ``build(args)``, then its logging. A bad setting ends the process with
+    status 2 and the message naming it on stderr, as argparse does for a bad flag."""
+    try:
+        settings, puller_settings = build(args)
+        configure_logging(settings.log_level, settings.log_format, {"component": "runtime"})
+    except (ValueError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return settings, puller_settings

@@ -16,14 +16,18 @@ import signal
 import sys
 from importlib import metadata
 
-from mesh.logs import configure_logging
 from mesh.tracing import TRACING
 from puller.pull import Puller
 from puller.settings import PullerSettings
 from puller.settings import add_arguments as add_puller_arguments
 from runtime_adapters.builtin.adapter import BuiltinAdapter
 from runtime_adapters.server import ModelRuntimeServicer, start_server
-from runtime_adapters.settings import RuntimeSettings, add_arguments
+from runtime_adapters.settings import (
+    RuntimeSettings,
+    add_arguments,
+    puller_settings_for,
+    settings_or_usage_error,
+)
 from runtime_adapters.sizing import SizeModel
 
 log = logging.getLogger("runtime_adapters.builtin")
@@ -44,14 +48,7 @@ def build_settings(args: argparse.Namespace) -> tuple[RuntimeSettings, PullerSet
         settings.runtime_version = _package_version()
     if not settings.predict_threads:
         settings.predict_threads = min(4, os.cpu_count() or 1)
-    puller_overrides: dict = {}
-    if settings.model_dir is not None:
-        puller_overrides["model_dir"] = settings.model_dir
-    if settings.local_roots:
-        puller_overrides["local_roots"] = tuple(p.resolve() for p in settings.local_roots)
-    if settings.storage_config is not None:
-        puller_overrides["storage_config"] = settings.storage_config
-    return settings, PullerSettings.from_args(args, **puller_overrides)
+    return settings, puller_settings_for(settings, args)
 
 
 def _package_version() -> str:
@@ -105,13 +102,7 @@ async def serve(settings: RuntimeSettings, puller_settings: PullerSettings) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        settings, puller_settings = build_settings(args)
-        configure_logging(settings.log_level, settings.log_format, {"component": "runtime"})
-    except (ValueError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    settings, puller_settings = settings_or_usage_error(parse_args(argv), build_settings)
     try:
         asyncio.run(serve(settings, puller_settings))
     finally:

@@ -14,7 +14,6 @@ import asyncio
 import sys
 from pathlib import Path
 
-from mesh.logs import configure_logging
 from runtime_adapters.mlserver.adapter import MLServerAdapter
 from runtime_adapters.mlserver.process import MLServerProcess
 from runtime_adapters.repository_adapter import poll_health
@@ -24,6 +23,7 @@ from runtime_adapters.repository_main import (
     repo_dir,
     serve,
 )
+from runtime_adapters.settings import settings_or_usage_error
 from runtime_adapters.sizing import SizeModel
 from runtime_adapters.v2_repository import ProcessTreeMeter, V2RepositoryClient
 
@@ -47,14 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        settings, puller_settings = build_settings(args)
-        configure_logging(settings.log_level, settings.log_format, {"component": "runtime"})
-        host, _, port = args.mlserver_grpc.rpartition(":")
-        grpc_port = int(port)
-    except (ValueError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    settings, puller_settings = settings_or_usage_error(args, build_settings)
+    host, _, port = args.mlserver_grpc.rpartition(":")
+    if not (port.isdigit() and 0 < int(port) < 65536):
+        print(f"error: --mlserver-grpc: '{args.mlserver_grpc}' is not HOST:PORT", file=sys.stderr)
         return 2
+    grpc_port = int(port)
     if args.start_mlserver and not Path(args.mlserver_bin).exists():
         print(f"error: {args.mlserver_bin} not found (run scripts/mlserver_venv.sh)", file=sys.stderr)
         return 2

@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import sys
 
-from mesh.logs import configure_logging
 from runtime_adapters.repository_adapter import poll_health
 from runtime_adapters.repository_main import (
     add_common_args,
@@ -21,6 +20,7 @@ from runtime_adapters.repository_main import (
     repo_dir,
     serve,
 )
+from runtime_adapters.settings import settings_or_usage_error
 from runtime_adapters.sizing import SizeModel
 from runtime_adapters.triton.adapter import TritonAdapter
 from runtime_adapters.v2_repository import ProcessTreeMeter, V2RepositoryClient
@@ -37,12 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        settings, puller_settings = build_settings(args)
-        configure_logging(settings.log_level, settings.log_format, {"component": "runtime"})
-    except (ValueError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    settings, puller_settings = settings_or_usage_error(args, build_settings)
     asyncio.run(_run(args, settings, puller_settings))
     return 0
 
