@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -37,6 +38,15 @@ def with_parent_death_signal(argv: Sequence[str], sig: str = "TERM") -> list[str
     """``argv`` run under ``setpriv --pdeathsig sig`` when available (see the module docstring)."""
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", sig, "--", *argv] if setpriv else list(argv)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` now, for a child server told its port on the command line (etcd, MLServer's
+    side ports, test servers). Another process may take it before the child binds: callers that can,
+    bind port 0 themselves instead."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def signal_process(pid: int, sig: int, *, group: bool) -> None:

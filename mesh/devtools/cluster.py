@@ -33,7 +33,7 @@ import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mesh.process import with_parent_death_signal
+from mesh.process import free_port, with_parent_death_signal
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BASE_PORT = 8033
@@ -63,12 +63,6 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def pick_base_port(preferred: int, count: int) -> int:

@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -35,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mesh.process import with_parent_death_signal
+from mesh.process import free_port, with_parent_death_signal
 
 _LIVE: weakref.WeakSet[EmbeddedEtcd] = weakref.WeakSet()
 
@@ -62,12 +61,6 @@ def find_etcd_binary(name: str = "etcd") -> str:
     return found
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 class EmbeddedEtcd:
     """A single-member etcd on loopback. ``endpoint`` is ``host:port`` for ``KvClient``."""
 
@@ -82,8 +75,8 @@ class EmbeddedEtcd:
         startup_timeout: float = 20.0,
     ) -> None:
         self.host = host
-        self.client_port = client_port or _free_port(host)
-        self.peer_port = peer_port or _free_port(host)
+        self.client_port = client_port or free_port(host)
+        self.peer_port = peer_port or free_port(host)
         self.tls = tls
         self.startup_timeout = startup_timeout
         base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None

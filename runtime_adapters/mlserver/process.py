@@ -19,20 +19,13 @@ import asyncio
 import json
 import logging
 import os
-import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from mesh.process import SupervisedProcess
+from mesh.process import SupervisedProcess, free_port
 from runtime_adapters.v2_repository import V2RepositoryClient
 
 log = logging.getLogger("runtime_adapters.mlserver.process")
-
-
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class MLServerProcess:

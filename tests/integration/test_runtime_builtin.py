@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import grpc
 import numpy as np
 import pytest
 
+from mesh.process import free_port
 from protos.inference import grpc_predict_v2_pb2 as pb
 from protos.inference import grpc_predict_v2_pb2_grpc as pbg
 from protos.mmesh import model_runtime_pb2 as rt
@@ -33,15 +33,9 @@ CAPACITY = 300_000_000
 V2 = "inference.GRPCInferenceService"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Runtime:
     def __init__(self, tmp: Path, local_root: Path, *extra: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.log_path = tmp / f"runtime-{self.port}.log"
         cmd = [
             sys.executable, "-m", "runtime_adapters.builtin", "--host", "127.0.0.1", "--port", str(self.port),

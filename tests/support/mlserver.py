@@ -16,7 +16,6 @@ import contextlib
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import psutil
 import pytest
 
 from mesh.devtools.demo import sample_entries
+from mesh.process import free_port
 from protos.inference import grpc_predict_v2_pb2 as v2
 from protos.inference import grpc_predict_v2_pb2_grpc as v2_grpc
 from protos.mmesh import model_runtime_pb2 as rt
@@ -35,12 +35,6 @@ from protos.mmesh import model_runtime_pb2_grpc as rt_grpc
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MLSERVER_BIN = REPO_ROOT / ".venv-mlserver" / "bin" / "mlserver"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict[str, str]:
