@@ -13,6 +13,7 @@ import pytest
 
 from mesh.dataplane.http import MAX_HEAD_BYTES, HttpServer
 from mesh.dataplane.rest import RestResponse
+from tests.support.conditions import wait_until
 
 
 class EchoApi:
@@ -63,7 +64,8 @@ async def test_keep_alive_and_pipelined_requests_are_answered_in_order(server):
         b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
         b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n"
     )
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: api.seen, what="the first request at the handler")
+    await asyncio.sleep(0.05)  # room for a wrongly concurrent second one to arrive
     assert [t for _, t, _ in api.seen] == ["/slow"]  # one at a time, in order
     api.gate.set()
     answers = [await _read_response(reader) for _ in range(3)]
@@ -131,7 +133,7 @@ async def test_slow_requests_get_408_and_idle_connections_are_closed(server):
 async def test_connections_over_the_limit_get_503(server):
     srv, _ = server
     held = [await _connect(srv) for _ in range(3)]
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: len(srv.connections) == 3, what="three connections accepted")
     reader, _ = await _connect(srv)
     status, _, body = await _read_response(reader)
     assert status == 503 and "too many connections" in json.loads(body)["error"]

@@ -17,6 +17,7 @@ from mesh.local.loader import Loader, LoadSpec
 from mesh.local.runtime_client import RuntimeInfo
 from mesh.metrics import MeshMetrics
 from mesh.tasks import TaskSupervisor
+from tests.support.conditions import wait_until
 
 SIZE = 4096
 
@@ -106,7 +107,7 @@ async def test_a_stale_copy_does_not_remove_the_reload_started_after_it() -> Non
     waiter = asyncio.create_task(
         loader.ensure_local("m", _spec(known_size=SIZE), last_used=2, exclusive=True)
     )
-    await asyncio.sleep(0.01)  # the reload is at the runtime
+    await wait_until(lambda: runtime.calls.count(("load", "m")) == 2, what="the reload at the runtime")
     fresh = loader.cache.get("m")
     assert fresh is not None and fresh is not stale and fresh.state is EntryState.LOADING
     assert not await loader.unload("m", reason="runtime no longer has it", only=stale)
@@ -124,7 +125,7 @@ async def test_a_load_whose_entry_was_removed_fails_its_waiters_retryably() -> N
     waiter = asyncio.create_task(
         loader.ensure_local("m", _spec(known_size=SIZE), last_used=1, exclusive=True)
     )
-    await asyncio.sleep(0.01)  # the load is at the runtime
+    await wait_until(lambda: ("load", "m") in runtime.calls, what="the load at the runtime")
     assert loader.cache.remove("m") is not None
     runtime.gate.set()
     with pytest.raises(ModelNotHere):  # the router retries: not the client's NOT_FOUND
