@@ -29,6 +29,7 @@ class RequestNote:
     internal: bool = False  # forwarded by a peer (mm-internal)
     route: str = ""  # hit | load | forward | forward-load | absent
     trace_id: str = ""
+    code: str = "OK"  # the gRPC status name it ended with (the request's span takes it)
 
 
 class RequestObserver:

@@ -88,51 +88,46 @@ class InferenceHandler(grpc.GenericRpcHandler):
         short = method_label(method)
         clock = self.clock
 
-        async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        async def route(
+            request: bytes, context: grpc.aio.ServicerContext, metadata, note: RequestNote
+        ) -> bytes:
+            """Route one request and report it to the observer (metrics, request log), traced or not."""
             started = clock.monotonic()
-            note = RequestNote()
-            code = "OK"
             response = None
-            metadata = context.invocation_metadata()
-            if observer.log_requests:
-                note.trace_id = trace_id_of(metadata)
             try:
                 response = await router.handle(method, request, metadata, context.time_remaining(), note)
                 return response
             except BaseException as exc:
-                code = to_status(exc)[0].name
+                note.code = to_status(exc)[0].name
                 raise
             finally:
-                elapsed = clock.monotonic() - started
                 size = len(response) if response is not None else -1
-                observer.done("grpc", short, code, elapsed, len(request), size, note)
+                observer.done("grpc", short, note.code, clock.monotonic() - started, len(request), size, note)
+
+        async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            note = RequestNote()
+            metadata = context.invocation_metadata()
+            if observer.log_requests:
+                note.trace_id = trace_id_of(metadata)
+            return await route(request, context, metadata, note)
 
         if not TRACING.enabled:
             return handle
 
         async def traced(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            started = clock.monotonic()
             note = RequestNote()
-            code = "OK"
-            response = None
-            metadata = context.invocation_metadata()
-            with TRACING.server_span("mesh.route", metadata, **{"rpc.method": short}) as (span, md):
+            incoming = context.invocation_metadata()
+            with TRACING.server_span("mesh.route", incoming, **{"rpc.method": short}) as (span, metadata):
                 note.trace_id = format(span.get_span_context().trace_id, "032x")
                 try:
-                    response = await router.handle(method, request, md, context.time_remaining(), note)
-                    return response
-                except BaseException as exc:
-                    code = to_status(exc)[0].name
-                    raise
+                    return await route(request, context, metadata, note)
                 finally:
                     span.set_attribute("mesh.model_id", note.model_id)
                     if note.vmodel_id:
                         span.set_attribute("mesh.vmodel_id", note.vmodel_id)
                     span.set_attribute("mesh.route", note.route or "none")
                     span.set_attribute("mesh.internal", note.internal)
-                    TRACING.set_status(span, code)
-                    size = len(response) if response is not None else -1
-                    observer.done("grpc", short, code, clock.monotonic() - started, len(request), size, note)
+                    TRACING.set_status(span, note.code)
 
         return traced
 
