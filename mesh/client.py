@@ -14,7 +14,6 @@ addresses and move to the next one when a call fails with UNAVAILABLE.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import struct
 import threading
@@ -329,10 +328,9 @@ class Rpc:
         if client is None:
             return self
         method = client._method(self)
-        functools.update_wrapper(method, self.build)
         method.__name__ = method.__qualname__ = self.name
+        method.__doc__ = self.build.__doc__
         method.__signature__ = self.signature
-        del method.__wrapped__
         return method
 
 
