@@ -34,6 +34,14 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help="the model server's repository dir (default: <model-dir>/../<server>-repo)")  # fmt: skip
 
 
+def host_port(text: str) -> str:
+    """argparse type of the model server's ``HOST:PORT`` flag: a bad one exits 2 with the flag named."""
+    _, sep, port = text.rpartition(":")
+    if not (sep and port.isdigit() and 0 < int(port) < 65536):
+        raise argparse.ArgumentTypeError(f"'{text}' is not HOST:PORT")
+    return text
+
+
 def build_settings(args: argparse.Namespace) -> tuple[RuntimeSettings, PullerSettings]:
     settings = RuntimeSettings.from_args(args)
     return settings, puller_settings_for(settings, args)

@@ -20,6 +20,7 @@ from runtime_adapters.repository_adapter import poll_health
 from runtime_adapters.repository_main import (
     add_common_args,
     build_settings,
+    host_port,
     repo_dir,
     serve,
 )
@@ -36,7 +37,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m runtime_adapters.mlserver", description=__doc__.splitlines()[0]
     )
     add_common_args(p)
-    p.add_argument("--mlserver-grpc", required=True, metavar="HOST:PORT", help="MLServer's V2 gRPC address")
+    p.add_argument(
+        "--mlserver-grpc",
+        required=True,
+        type=host_port,
+        metavar="HOST:PORT",
+        help="MLServer's V2 gRPC address",
+    )
     p.add_argument("--start-mlserver", action="store_true", help="start and supervise MLServer")
     p.add_argument("--mlserver-bin", default=str(DEFAULT_BIN), help="mlserver executable (own venv)")
     p.add_argument("--mlserver-pid", type=int, default=None,
@@ -49,10 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings, puller_settings = settings_or_usage_error(args, build_settings)
     host, _, port = args.mlserver_grpc.rpartition(":")
-    if not (port.isdigit() and 0 < int(port) < 65536):
-        print(f"error: --mlserver-grpc: '{args.mlserver_grpc}' is not HOST:PORT", file=sys.stderr)
-        return 2
-    grpc_port = int(port)
+    grpc_port = int(port)  # checked by host_port
     if args.start_mlserver and not Path(args.mlserver_bin).exists():
         print(f"error: {args.mlserver_bin} not found (run scripts/mlserver_venv.sh)", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ from runtime_adapters.repository_adapter import poll_health
 from runtime_adapters.repository_main import (
     add_common_args,
     build_settings,
+    host_port,
     repo_dir,
     serve,
 )
@@ -29,7 +30,9 @@ from runtime_adapters.v2_repository import ProcessTreeMeter, V2RepositoryClient
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m runtime_adapters.triton", description=__doc__.splitlines()[0])
     add_common_args(p)
-    p.add_argument("--triton-grpc", required=True, metavar="HOST:PORT", help="Triton's V2 gRPC address")
+    p.add_argument(
+        "--triton-grpc", required=True, type=host_port, metavar="HOST:PORT", help="Triton's V2 gRPC address"
+    )
     p.add_argument("--triton-pid", type=int, default=None, help="Triton's PID, to measure its memory")
     p.add_argument("--health-interval", type=float, default=1.0, help="seconds between readiness polls")
     return p.parse_args(argv)
