@@ -199,14 +199,12 @@ class RepositoryAdapter(RuntimeAdapter):
             await loop.run_in_executor(self._io, self._layout, model_id, model_type, artifact, folder)
         except LayoutProblem as exc:
             raise ModelLoadFailed(model_id, str(exc)) from exc
-        except OSError as exc:
-            if self._server_epoch != epoch:  # server_down removed the folder while it was being written
-                raise RuntimeUnavailable(
-                    f"{self.server_name} went down while {model_id} was being laid out ({self._message})"
-                ) from exc
+        except OSError:
+            self._check_same_server(epoch, model_id, "being laid out")  # server_down removed the folder
             raise
         rss_delta, device_delta = await self._load_measured(model_id, model_type)
-        self._check_up()  # the server died during the load: the model is not there
+        # the server died (or died and came back) during the load: the model is not there
+        self._check_same_server(epoch, model_id, "loading")
         size = self.sizes.measured(model_type, artifact.disk_size_bytes, rss_delta)
         device = max(0, device_delta or 0)
         entry = RepoModel(
@@ -247,6 +245,13 @@ class RepositoryAdapter(RuntimeAdapter):
             self._warm_types.add(model_type)
             return None, None  # includes the server's import of the type's libraries
         return delta(before, after)
+
+    def _check_same_server(self, epoch: int, model_id: str, stage: str) -> None:
+        """The server this load began on (``epoch``) is still the one up; else the load fails UNAVAILABLE, as
+        the server's outage (retried by the mesh), not as a failure of the model."""
+        if self._server_epoch != epoch or self._state is not AdapterState.READY:
+            reason = self._message or self._state.name
+            raise RuntimeUnavailable(f"{self.server_name} went down while {model_id} was {stage} ({reason})")
 
     def _check_up(self) -> None:
         if self._state is not AdapterState.READY:
